@@ -1,0 +1,247 @@
+"""Prior over the 12 PROVABGS SED parameters and its unconstrained reparameterisation.
+
+The priors are those of SEDflow (Hahn & Melchior 2022, arXiv:2203.07391, Sec. 2.2)
+and PROVABGS (Hahn et al. 2022, arXiv:2202.01809, Table 1):
+
+====  =========  =====================================================
+ #    name       prior
+====  =========  =====================================================
+ 0    logmstar   U(7, 12.5)      log10 total formed mass [Msun]
+ 1-4  beta1..4   flat Dirichlet(1,1,1,1)  SFH NMF coefficients
+ 5    fburst     U(0, 1)         mass fraction formed in the burst
+ 6    tburst     U(0.01, 13.27)  burst lookback time [Gyr]
+ 7-8  gamma1..2  log-uniform(4.5e-5, 1.5e-2)  ZH NMF coefficients
+ 9    tau_bc     U(0, 3)         birth-cloud optical depth
+ 10   tau_ism    U(0, 3)         diffuse-dust optical depth
+ 11   n_dust     U(-2, 1)        attenuation-curve slope offset
+====  =========  =====================================================
+
+The flow works in an 11-dimensional unconstrained space (all of R^11) so that every
+sample maps back inside the prior: the four betas become three stick-breaking
+fractions warped to be i.i.d. uniform under the flat Dirichlet (Betancourt 2012,
+arXiv:1010.3436), gamma becomes log10 gamma, and every bounded coordinate is then
+sent to the real line with a logit.  Under the prior every unconstrained coordinate
+is standard-logistic distributed.
+
+Example
+-------
+>>> prior = Prior()
+>>> theta = prior.sample(4, seed=0)
+>>> u = prior.to_unconstrained(theta)
+>>> np.allclose(prior.from_unconstrained(u), theta)
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit, gammaln, logit
+
+__all__ = ["PARAM_NAMES", "UNCONSTRAINED_NAMES", "Prior"]
+
+PARAM_NAMES = (
+    "logmstar", "beta1", "beta2", "beta3", "beta4", "fburst", "tburst",
+    "gamma1", "gamma2", "tau_bc", "tau_ism", "n_dust",
+)
+UNCONSTRAINED_NAMES = tuple(f"u{i}" for i in range(11))
+
+_SIMPLEX_ATOL = 1e-6  # tolerance on sum(beta) == 1
+
+
+class Prior:
+    """The SEDflow/PROVABGS prior (module docstring), batched over rows.
+
+    Parameters
+    ----------
+    logmstar, fburst, tburst, tau_bc, tau_ism, n_dust : (low, high)
+        Bounds of the uniform priors.
+    gamma : (low, high)
+        Bounds of the log-uniform prior on both ZH coefficients.
+    """
+
+    names = PARAM_NAMES
+    ndim = 12
+    ndim_unconstrained = 11
+
+    def __init__(
+        self,
+        logmstar=(7.0, 12.5),
+        fburst=(0.0, 1.0),
+        tburst=(1e-2, 13.27),
+        gamma=(4.5e-5, 1.5e-2),
+        tau_bc=(0.0, 3.0),
+        tau_ism=(0.0, 3.0),
+        n_dust=(-2.0, 1.0),
+    ):
+        self.bounds = {
+            "logmstar": tuple(map(float, logmstar)),
+            "fburst": tuple(map(float, fburst)),
+            "tburst": tuple(map(float, tburst)),
+            "gamma": tuple(map(float, gamma)),
+            "tau_bc": tuple(map(float, tau_bc)),
+            "tau_ism": tuple(map(float, tau_ism)),
+            "n_dust": tuple(map(float, n_dust)),
+        }
+        for name, (lo, hi) in self.bounds.items():
+            if not lo < hi:
+                raise ValueError(f"prior bounds for {name} must satisfy low < high, got {(lo, hi)}")
+        if self.bounds["gamma"][0] <= 0:
+            raise ValueError("log-uniform gamma prior needs a positive lower bound")
+        # Box bounds of the coordinates that are logit-mapped, in unconstrained order
+        # [logmstar, z1, z2, z3, fburst, tburst, log10 g1, log10 g2, tau_bc, tau_ism, n_dust].
+        lg = np.log10(self.bounds["gamma"])
+        b = self.bounds
+        self._lo = np.array([b["logmstar"][0], 0, 0, 0, b["fburst"][0], b["tburst"][0],
+                             lg[0], lg[0], b["tau_bc"][0], b["tau_ism"][0], b["n_dust"][0]])
+        self._hi = np.array([b["logmstar"][1], 1, 1, 1, b["fburst"][1], b["tburst"][1],
+                             lg[1], lg[1], b["tau_bc"][1], b["tau_ism"][1], b["n_dust"][1]])
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable description (stored in model artifacts)."""
+        return {"names": list(self.names), "dirichlet_alpha": [1, 1, 1, 1],
+                **{k: list(v) for k, v in self.bounds.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Prior":
+        keys = ("logmstar", "fburst", "tburst", "gamma", "tau_bc", "tau_ism", "n_dust")
+        return cls(**{k: tuple(d[k]) for k in keys})
+
+    def __eq__(self, other):
+        return isinstance(other, Prior) and self.bounds == other.bounds
+
+    def __repr__(self):
+        return f"Prior({', '.join(f'{k}={v}' for k, v in self.bounds.items())})"
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n: int, seed=None) -> np.ndarray:
+        """Draw ``n`` parameter vectors, shape (n, 12), float64, in `PARAM_NAMES` order."""
+        rng = np.random.default_rng(seed)
+        u = rng.uniform(size=(int(n), 11))
+        return self._from_box(self._lo + u * (self._hi - self._lo))
+
+    # ------------------------------------------------------------------ support
+    def check(self, theta) -> np.ndarray:
+        """Return ``theta`` as a float64 (n, 12) array or raise ``ValueError``."""
+        theta = np.asarray(theta, dtype=float)
+        if theta.ndim == 1:
+            theta = theta[None, :]
+        if theta.ndim != 2 or theta.shape[1] != self.ndim:
+            raise ValueError(f"theta must have shape (n, {self.ndim}) in order {PARAM_NAMES}, "
+                             f"got {theta.shape}")
+        return theta
+
+    def in_support(self, theta) -> np.ndarray:
+        """Boolean (n,): finite and inside the prior (NaN/inf rows are False)."""
+        theta = self.check(theta)
+        with np.errstate(invalid="ignore"):
+            ok = np.all(np.isfinite(theta), axis=1)
+            betas = theta[:, 1:5]
+            ok &= np.all(betas >= 0, axis=1) & (np.abs(betas.sum(axis=1) - 1) < _SIMPLEX_ATOL)
+            for i, name in [(0, "logmstar"), (5, "fburst"), (6, "tburst"), (9, "tau_bc"),
+                            (10, "tau_ism"), (11, "n_dust")]:
+                lo, hi = self.bounds[name]
+                ok &= (theta[:, i] >= lo) & (theta[:, i] <= hi)
+            lo, hi = self.bounds["gamma"]
+            ok &= np.all((theta[:, 7:9] >= lo) & (theta[:, 7:9] <= hi), axis=1)
+        return ok
+
+    def require_support(self, theta) -> np.ndarray:
+        """Like `check`, and raise ``ValueError`` naming the bad rows if any lie outside."""
+        theta = self.check(theta)
+        ok = self.in_support(theta)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            nonfinite = bad[~np.all(np.isfinite(theta[bad]), axis=1)]
+            msg = f"{bad.size} of {len(theta)} theta rows are outside the prior (rows {bad[:10].tolist()}"
+            msg += ", ...)" if bad.size > 10 else ")"
+            if nonfinite.size:
+                msg += f"; {nonfinite.size} contain NaN/inf"
+            raise ValueError(msg)
+        return theta
+
+    def log_prob(self, theta) -> np.ndarray:
+        """Log prior density of the 11 free coordinates (beta4 = 1 - beta1 - beta2 - beta3).
+
+        Rows outside the support get ``-inf``.
+        """
+        theta = self.check(theta)
+        ok = self.in_support(theta)
+        lp = np.full(len(theta), -np.inf)
+        b = self.bounds
+        const = sum(-np.log(b[k][1] - b[k][0]) for k in
+                    ("logmstar", "fburst", "tburst", "tau_bc", "tau_ism", "n_dust"))
+        const += gammaln(4.0)  # flat Dirichlet(1,1,1,1) density on the 3-simplex is Gamma(4) = 6
+        glo, ghi = b["gamma"]
+        g = theta[ok, 7:9]
+        lp[ok] = const - np.sum(np.log(g * np.log(ghi / glo)), axis=1)
+        return lp
+
+    # ------------------------------------------------------------------ reparameterisation
+    def _to_box(self, theta: np.ndarray) -> np.ndarray:
+        """theta (n, 12) -> box coordinates (n, 11), each in [lo, hi]."""
+        b1, b2, b3 = theta[:, 1], theta[:, 2], theta[:, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = b1
+            f2 = np.where(1 - b1 > 0, b2 / (1 - b1), 0.0)
+            f3 = np.where(1 - b1 - b2 > 0, b3 / (1 - b1 - b2), 0.0)
+        # Betancourt (2012) warp: stick fractions f_k ~ Beta(1, 4-k) under the flat
+        # Dirichlet, so z_k = 1 - (1 - f_k)^(4-k) is uniform on [0, 1].
+        z = np.stack([1 - (1 - f1) ** 3, 1 - (1 - f2) ** 2, f3], axis=1)
+        return np.column_stack([theta[:, 0], np.clip(z, 0, 1), theta[:, 5], theta[:, 6],
+                                np.log10(theta[:, 7:9]), theta[:, 9:12]])
+
+    def _from_box(self, box: np.ndarray) -> np.ndarray:
+        z1, z2, z3 = box[:, 1], box[:, 2], box[:, 3]
+        f1 = 1 - (1 - z1) ** (1 / 3)
+        f2 = 1 - np.sqrt(1 - z2)
+        f3 = z3
+        b1 = f1
+        b2 = (1 - b1) * f2
+        b3 = (1 - b1 - b2) * f3
+        b4 = 1 - b1 - b2 - b3
+        return np.column_stack([box[:, 0], b1, b2, b3, b4, box[:, 4], box[:, 5],
+                                10.0 ** box[:, 6:8], box[:, 8:11]])
+
+    def to_unconstrained(self, theta) -> np.ndarray:
+        """Map theta (n, 12) inside the prior to u in R^11. Raises for rows outside."""
+        theta = self.require_support(theta)
+        s = (self._to_box(theta) - self._lo) / (self._hi - self._lo)
+        return logit(np.clip(s, 1e-15, 1 - 1e-15))
+
+    def from_unconstrained(self, u) -> np.ndarray:
+        """Map u (n, 11) in R^11 to theta (n, 12); always inside the prior."""
+        u = np.asarray(u, dtype=float)
+        if u.ndim != 2 or u.shape[1] != self.ndim_unconstrained:
+            raise ValueError(f"u must have shape (n, {self.ndim_unconstrained}), got {u.shape}")
+        if not np.all(np.isfinite(u)):
+            raise ValueError("u contains NaN/inf")
+        box = self._lo + expit(u) * (self._hi - self._lo)
+        return self._from_box(box)
+
+    def log_abs_det_jacobian(self, theta) -> np.ndarray:
+        """log |det du/dtheta| over the 11 free coordinates, shape (n,).
+
+        So that log p(theta) = log p_u(u) + log_abs_det_jacobian(theta).
+        """
+        theta = self.require_support(theta)
+        box = self._to_box(theta)
+        s = np.clip((box - self._lo) / (self._hi - self._lo), 1e-300, 1 - 1e-16)
+        # logit: du/ds = 1 / (s (1 - s)); box -> s: 1 / (hi - lo)
+        lj = np.sum(-np.log(s) - np.log1p(-s) - np.log(self._hi - self._lo), axis=1)
+        # Triangular map (b1, b2, b3) -> (z1, z2, z3): product of diagonal terms.
+        b1, b2, b3 = theta[:, 1], theta[:, 2], theta[:, 3]
+        r1 = 1 - b1            # 1 - f1
+        r2 = 1 - b1 - b2       # (1 - f1)(1 - f2)
+        # z1 = 1 - r1^3               -> dz1/db1 = 3 r1^2
+        # z2 = 1 - (1 - b2/r1)^2      -> dz2/db2 = 2 (r2/r1) / r1
+        # z3 = b3 / r2                -> dz3/db3 = 1 / r2
+        with np.errstate(divide="ignore"):
+            lj += np.log(3 * r1**2) + np.log(2 * r2 / r1**2) - np.log(r2)
+        # log10 gamma: d/dg = 1 / (g ln 10)
+        lj += np.sum(-np.log(theta[:, 7:9] * np.log(10)), axis=1)
+        return lj
+
+    def log_prob_unconstrained(self, u) -> np.ndarray:
+        """Log density of u under the prior pushed to R^11 (standard logistic per axis)."""
+        u = np.asarray(u, dtype=float)
+        return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)

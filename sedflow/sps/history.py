@@ -1,0 +1,194 @@
+"""Star-formation and metallicity histories of the PROVABGS "NMF + burst" model.
+
+Hahn et al. (2022, arXiv:2202.01809, Sec. 3.1; code ``provabgs.models.NMF``):
+
+* Lookback time is cut into 42 bins with edges ``0, 10**(6.05 + 0.1 k - 9)`` Gyr for
+  k = 0..40, and 13.8 Gyr, truncated at the age of the universe t_age(z).
+* SFH(t) = sum_i beta_i B_i(t): each NMF basis is averaged over each (truncated) bin, and
+  the sum is normalised to one unit of formed mass over 0..t_age.
+* Burst: a fraction f_burst of the mass is formed at lookback time t_burst (an SSP of
+  that age, PROVABGS ``_fsps_burst``); the NMF part is scaled by (1 - f_burst). If
+  t_burst >= t_age there is no burst and f_burst is ignored.
+* ZH(t) = gamma1 Z1(t) + gamma2 Z2(t) evaluated at bin mid-points, clipped to the MIST
+  range [4.49e-5, 4.49e-2]; the burst has the metallicity ZH(t_burst).
+
+The galaxy is therefore 43 stellar populations (42 bins + burst) with a formed mass,
+an age and a metallicity each: `populations` returns them batched over galaxies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LOOKBACK_EDGES", "N_BINS", "Z_MIN", "Z_MAX", "NMFBases", "Populations", "populations",
+           "formed_mass_fraction"]
+
+LOOKBACK_EDGES = np.concatenate([[0.0], 10 ** (6.05 + 0.1 * np.arange(41) - 9.0), [13.8]])  # Gyr
+N_BINS = LOOKBACK_EDGES.size - 1  # 42
+Z_MIN, Z_MAX = 4.49043431e-05, 4.49043431e-02  # MIST metallicity limits used by PROVABGS
+
+PROVABGS_FILES = {
+    "sfh": "NMF_2basis_SFH_components_nowgt_lin_Nc4.txt",
+    "zh": "NMF_2basis_Z_components_nowgt_lin_Nc2.txt",
+    "t": "sfh_t_int.txt",
+}
+_T_FINE = np.linspace(0.0, 13.8, 27601)  # 0.5 Myr steps for the cumulative SFH integrals
+
+
+def _interp_extrap(x, xp, fp):
+    """Piecewise-linear interpolation with linear extrapolation at both ends
+    (scipy's ``InterpolatedUnivariateSpline(k=1)``, as PROVABGS evaluates its bases)."""
+    x = np.asarray(x, dtype=float)
+    y = np.interp(x, xp, fp)
+    lo, hi = x < xp[0], x > xp[-1]
+    y = np.where(lo, fp[0] + (x - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0]), y)
+    return np.where(hi, fp[-1] + (x - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2]), y)
+
+
+@dataclass(frozen=True)
+class NMFBases:
+    """NMF bases of the SFH (4) and ZH (2) as functions of lookback time.
+
+    Attributes
+    ----------
+    t_lookback : (n_t,) increasing lookback times [Gyr] the bases are sampled on.
+    sfh : (4, n_t) SFH bases (any normalisation; the model renormalises).
+    zh : (2, n_t) metallicity-history bases (absolute Z per unit gamma).
+    source : provenance string.
+
+    Example
+    -------
+    >>> bases = NMFBases.default()
+    >>> bases.sfh.shape, bases.zh.shape
+    ((4, ...), (2, ...))
+    """
+
+    t_lookback: np.ndarray
+    sfh: np.ndarray
+    zh: np.ndarray
+    source: str
+
+    def __post_init__(self):
+        n = self.t_lookback.size
+        if self.sfh.shape != (4, n) or self.zh.shape != (2, n):
+            raise ValueError(f"need 4 SFH and 2 ZH bases sampled on {n} times, got "
+                             f"{self.sfh.shape} and {self.zh.shape}")
+        if not np.all(np.diff(self.t_lookback) > 0):
+            raise ValueError("basis lookback times must be strictly increasing")
+        if not (np.all(np.isfinite(self.sfh)) and np.all(np.isfinite(self.zh))):
+            raise ValueError("NMF bases contain NaN/inf")
+
+    @classmethod
+    def from_provabgs_dir(cls, path) -> "NMFBases":
+        """Read PROVABGS-format tables from a directory (MIT-licensed PROVABGS files, or ours).
+
+        File orientation as in ``provabgs.models.NMF._load_NMF_bases``: each row is a basis
+        sampled on ``sfh_t_int.txt``; both are reversed to increasing lookback time, and the
+        SFH rows are reordered [2, 0, 1, 3].
+        """
+        path = Path(path)
+        missing = [f for f in PROVABGS_FILES.values() if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} lacks the NMF basis files {missing}")
+        sfh = np.loadtxt(path / PROVABGS_FILES["sfh"], ndmin=2)[:, ::-1]
+        zh = np.loadtxt(path / PROVABGS_FILES["zh"], ndmin=2)[:, ::-1]
+        t = np.loadtxt(path / PROVABGS_FILES["t"])[::-1]
+        if sfh.shape[0] != 4:
+            raise ValueError(f"{path / PROVABGS_FILES['sfh']}: expected 4 SFH bases, got {sfh.shape[0]}")
+        return cls(t_lookback=t, sfh=sfh[[2, 0, 1, 3]], zh=zh, source=str(path))
+
+    @classmethod
+    def default(cls) -> "NMFBases":
+        """The project's own bases (``sedflow/sps/data/make_default_bases.py`` builds them)."""
+        with resources.as_file(resources.files("sedflow.sps") / "data" / "default_bases") as p:
+            bases = cls.from_provabgs_dir(p)
+        return cls(bases.t_lookback, bases.sfh, bases.zh, source="sedflow default NMF bases")
+
+    def sfh_at(self, t) -> np.ndarray:
+        """SFH bases at lookback times t (Gyr), shape (4, *t.shape); negative values clipped to 0."""
+        return np.stack([np.maximum(_interp_extrap(t, self.t_lookback, b), 0.0) for b in self.sfh])
+
+    def zh_at(self, t) -> np.ndarray:
+        """ZH bases at lookback times t, shape (2, *t.shape)."""
+        return np.stack([_interp_extrap(t, self.t_lookback, b) for b in self.zh])
+
+    def cumulative_sfh(self, t) -> np.ndarray:
+        """int_0^t B_i(t') dt' for each SFH basis, shape (4, *t.shape)."""
+        cum = getattr(self, "_cum", None)
+        if cum is None:
+            b = self.sfh_at(_T_FINE)
+            cum = np.concatenate([np.zeros((4, 1)),
+                                  np.cumsum(0.5 * (b[:, 1:] + b[:, :-1]) * np.diff(_T_FINE), axis=1)], axis=1)
+            object.__setattr__(self, "_cum", cum)
+        t = np.asarray(t, dtype=float)
+        return np.stack([np.interp(t, _T_FINE, c) for c in cum])
+
+
+@dataclass
+class Populations:
+    """The 43 stellar populations of a batch of galaxies (42 lookback bins + burst).
+
+    Attributes
+    ----------
+    mass : (n, 43) formed mass per unit total formed mass (rows sum to 1).
+    age : (n, 43) population ages [Gyr] (bin mid-points; the burst's is t_burst).
+    metallicity : (n, 43) absolute Z.
+    truncated_bin : (n,) index of the bin that contains t_age (bins above it are empty).
+    """
+
+    mass: np.ndarray
+    age: np.ndarray
+    metallicity: np.ndarray
+    truncated_bin: np.ndarray
+
+    BURST = N_BINS  # column of the burst population
+
+
+def _zh(gamma: np.ndarray, basis_at_t: np.ndarray) -> np.ndarray:
+    """gamma (n, 2) and bases (2, n, m) -> clipped Z (n, m)."""
+    return np.clip(np.einsum("nk,knm->nm", gamma, basis_at_t), Z_MIN, Z_MAX)
+
+
+def _nmf_mass_fraction(cum_edges: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """(4, n, m) cumulative basis integrals at edges, betas (n, 4) -> mass per interval (n, m-1)."""
+    per_basis = np.diff(cum_edges, axis=2)                     # (4, n, m-1)
+    mass = np.einsum("nk,knm->nm", betas, per_basis)
+    total = np.einsum("nk,kn->n", betas, cum_edges[:, :, -1] - cum_edges[:, :, 0])
+    return mass / total[:, None]
+
+
+def populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> Populations:
+    """Stellar populations of galaxies with parameters theta (n, 12) and ages tage (n,) [Gyr]."""
+    n = theta.shape[0]
+    betas, fburst, tburst, gamma = theta[:, 1:5], theta[:, 5], theta[:, 6], theta[:, 7:9]
+
+    edges = np.minimum(LOOKBACK_EDGES[None, :], tage[:, None])        # (n, 43), truncated
+    itrunc = np.clip(np.searchsorted(LOOKBACK_EDGES, tage, side="left") - 1, 0, N_BINS - 1)
+    mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
+
+    nmf_mass = _nmf_mass_fraction(bases.cumulative_sfh(edges), betas)   # (n, 42)
+    has_burst = tburst < tage
+    fb = np.where(has_burst, fburst, 0.0)
+
+    mass = np.empty((n, N_BINS + 1))
+    mass[:, :N_BINS] = (1.0 - fb)[:, None] * nmf_mass
+    mass[:, N_BINS] = fb
+    age = np.empty_like(mass)
+    age[:, :N_BINS] = mid
+    age[:, N_BINS] = tburst
+    metallicity = _zh(gamma, bases.zh_at(age))
+    return Populations(mass=mass, age=age, metallicity=metallicity, truncated_bin=itrunc)
+
+
+def formed_mass_fraction(theta: np.ndarray, tage: np.ndarray, bases: NMFBases, dt: float) -> np.ndarray:
+    """Fraction of the total formed mass formed within the last ``dt`` Gyr (PROVABGS ``avgSFR``)."""
+    betas, fburst, tburst = theta[:, 1:5], theta[:, 5], theta[:, 6]
+    t = np.stack([np.zeros_like(tage), np.minimum(dt, tage), tage], axis=1)   # (n, 3)
+    frac = _nmf_mass_fraction(bases.cumulative_sfh(t), betas)[:, 0]
+    has_burst = tburst < tage
+    fb = np.where(has_burst, fburst, 0.0)
+    return (1.0 - fb) * frac + np.where(tburst < dt, fb, 0.0)
