@@ -198,9 +198,11 @@ class Prior:
         b1 = f1
         b2 = (1 - b1) * f2
         b3 = (1 - b1 - b2) * f3
-        b4 = 1 - b1 - b2 - b3
+        b4 = np.maximum(1 - b1 - b2 - b3, 0.0)
+        glo, ghi = self.bounds["gamma"]
+        # clip away floating-point round-off at the bounds (e.g. 10**log10(lo) < lo)
         return np.column_stack([box[:, 0], b1, b2, b3, b4, box[:, 4], box[:, 5],
-                                10.0 ** box[:, 6:8], box[:, 8:11]])
+                                np.clip(10.0 ** box[:, 6:8], glo, ghi), box[:, 8:11]])
 
     def to_unconstrained(self, theta) -> np.ndarray:
         """Map theta (n, 12) inside the prior to u in R^11. Raises for rows outside."""
@@ -215,7 +217,7 @@ class Prior:
             raise ValueError(f"u must have shape (n, {self.ndim_unconstrained}), got {u.shape}")
         if not np.all(np.isfinite(u)):
             raise ValueError("u contains NaN/inf")
-        box = self._lo + expit(u) * (self._hi - self._lo)
+        box = np.clip(self._lo + expit(u) * (self._hi - self._lo), self._lo, self._hi)
         return self._from_box(box)
 
     def log_abs_det_jacobian(self, theta) -> np.ndarray:

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from sedflow.prior import PARAM_NAMES, Prior
+
+
+def test_names_and_shapes(prior):
+    assert prior.names == PARAM_NAMES
+    theta = prior.sample(1000, seed=0)
+    assert theta.shape == (1000, 12) and theta.dtype == np.float64
+    assert prior.in_support(theta).all()
+    np.testing.assert_allclose(theta[:, 1:5].sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_sample_is_deterministic(prior):
+    np.testing.assert_array_equal(prior.sample(10, seed=3), prior.sample(10, seed=3))
+    assert not np.array_equal(prior.sample(10, seed=3), prior.sample(10, seed=4))
+
+
+def test_marginals_follow_the_paper_priors(prior):
+    theta = prior.sample(20000, seed=1)
+    # flat Dirichlet(1,1,1,1): each beta ~ Beta(1, 3)
+    for k in range(1, 5):
+        assert stats.kstest(theta[:, k], stats.beta(1, 3).cdf).pvalue > 1e-3
+    assert stats.kstest(theta[:, 0], stats.uniform(7, 5.5).cdf).pvalue > 1e-3
+    assert stats.kstest(np.log10(theta[:, 7]), stats.uniform(np.log10(4.5e-5), np.log10(1.5e-2 / 4.5e-5)).cdf).pvalue > 1e-3
+    assert stats.kstest(theta[:, 11], stats.uniform(-2, 3).cdf).pvalue > 1e-3
+
+
+def test_unconstrained_round_trip_and_logistic(prior):
+    theta = prior.sample(5000, seed=2)
+    u = prior.to_unconstrained(theta)
+    assert u.shape == (5000, 11) and np.all(np.isfinite(u))
+    np.testing.assert_allclose(prior.from_unconstrained(u), theta, rtol=1e-9, atol=1e-12)
+    # under the prior every unconstrained coordinate is standard logistic
+    for j in range(11):
+        assert stats.kstest(u[:, j], stats.logistic.cdf).pvalue > 1e-3, j
+
+
+def test_whole_real_line_maps_inside_prior(prior):
+    rng = np.random.default_rng(0)
+    u = np.concatenate([rng.normal(scale=30, size=(2000, 11)), np.full((1, 11), 700.0), np.full((1, 11), -700.0)])
+    theta = prior.from_unconstrained(u)
+    assert np.all(np.isfinite(theta))
+    assert prior.in_support(theta).all()
+
+
+def test_log_jacobian_matches_densities(prior):
+    """log p(theta) = log p_u(u) + log|du/dtheta|, and the Jacobian matches finite differences."""
+    theta = prior.sample(200, seed=5)
+    u = prior.to_unconstrained(theta)
+    np.testing.assert_allclose(prior.log_prob(theta),
+                               prior.log_prob_unconstrained(u) + prior.log_abs_det_jacobian(theta), rtol=1e-8)
+    free = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11]  # beta4 is implied
+
+    def u_of(x):
+        th = theta[i].copy()
+        th[free] = x
+        th[4] = 1 - th[1:4].sum()
+        return prior.to_unconstrained(th[None])[0]
+
+    for i in range(5):
+        x0 = theta[i, free]
+        jac = np.empty((11, 11))
+        for k in range(11):
+            h = 1e-7 * max(abs(x0[k]), 1e-3)
+            xp, xm = x0.copy(), x0.copy()
+            xp[k] += h
+            xm[k] -= h
+            jac[:, k] = (u_of(xp) - u_of(xm)) / (2 * h)
+        assert np.log(abs(np.linalg.det(jac))) == pytest.approx(prior.log_abs_det_jacobian(theta[i:i + 1])[0], abs=1e-4)
+
+
+def test_log_prob_normalised_and_outside_is_minus_inf(prior):
+    theta = prior.sample(3, seed=0)
+    lp = prior.log_prob(theta)
+    volume = 5.5 * 1 * 13.26 * 3 * 3 * 3 / 6.0  # box widths, Dirichlet simplex volume 1/6
+    glo, ghi = 4.5e-5, 1.5e-2
+    expected = -np.log(volume) - np.log(theta[:, 7] * np.log(ghi / glo)) - np.log(theta[:, 8] * np.log(ghi / glo))
+    np.testing.assert_allclose(lp, expected)
+    bad = theta.copy()
+    bad[0, 0] = 13.0
+    bad[1, 1] += 0.1  # betas no longer sum to one
+    bad[2, 7] = np.nan
+    assert np.all(prior.log_prob(bad) == -np.inf)
+    assert not prior.in_support(bad).any()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((3, 11)), "shape"),
+    (np.zeros((2, 3, 12)), "shape"),
+])
+def test_bad_shapes_raise(prior, bad, match):
+    with pytest.raises(ValueError, match=match):
+        prior.to_unconstrained(bad)
+
+
+def test_outside_prior_raises_naming_rows(prior):
+    theta = prior.sample(4, seed=0)
+    theta[2, 10] = -1.0
+    theta[3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 4 .*rows \[2, 3\].*NaN/inf"):
+        prior.to_unconstrained(theta)
+    with pytest.raises(ValueError, match="NaN"):
+        prior.from_unconstrained(np.full((1, 11), np.nan))
+
+
+def test_dict_round_trip():
+    p = Prior(logmstar=(8, 12))
+    assert Prior.from_dict(p.to_dict()) == p
+    assert p != Prior()
+    with pytest.raises(ValueError):
+        Prior(tau_bc=(3, 0))
