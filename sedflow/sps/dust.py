@@ -32,12 +32,12 @@ def calzetti_k(wave) -> np.ndarray:
 
 def ism_optical_depth(wave, tau_ism, n_dust) -> np.ndarray:
     """tau_ISM(lambda), shape (n, n_wave) for tau_ism, n_dust of shape (n,)."""
-    wave = np.asarray(wave, dtype=float)[None, :]
+    wave = np.asarray(wave, dtype=float)
     tau_ism = np.asarray(tau_ism, dtype=float)[:, None]
     n_dust = np.asarray(n_dust, dtype=float)[:, None]
-    e_b = 0.85 - 1.9 * n_dust
-    bump = e_b * (wave * 350.0) ** 2 / ((wave**2 - 2175.0**2) ** 2 + (wave * 350.0) ** 2)
-    return tau_ism * (calzetti_k(wave) + bump) / 4.05 * (wave / 5500.0) ** n_dust
+    drude = (wave * 350.0) ** 2 / ((wave**2 - 2175.0**2) ** 2 + (wave * 350.0) ** 2)  # D / E_b
+    curve = calzetti_k(wave) + (0.85 - 1.9 * n_dust) * drude
+    return (tau_ism / 4.05) * curve * np.exp(n_dust * np.log(wave / 5500.0))
 
 
 def birth_cloud_optical_depth(wave, tau_bc) -> np.ndarray:

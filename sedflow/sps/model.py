@@ -22,6 +22,7 @@ Example
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 from sedflow.prior import Prior
 from sedflow.sps.dust import birth_cloud_optical_depth, ism_optical_depth
@@ -74,8 +75,11 @@ class SEDModel:
         mid = 0.5 * (LOOKBACK_EDGES[1:] + LOOKBACK_EDGES[:-1])
         ia, wa = _axis_weights(np.log10(mid), self._log_age)
         lum = self.ssp.lum
-        self._bin_ssp = (1 - wa)[:, None, None] * lum[ia] + wa[:, None, None] * lum[ia + 1]
+        bin_ssp = (1 - wa)[:, None, None] * lum[ia] + wa[:, None, None] * lum[ia + 1]
         self._young_bins = mid < self.t_esc
+        self._young_ssp = bin_ssp[self._young_bins].reshape(-1, self.wave.size)
+        self._old_ssp = bin_ssp[~self._young_bins].reshape(-1, self.wave.size)
+        self._flat_ssp = lum.reshape(-1, self.wave.size)           # rows: age-major, then Z
 
     @classmethod
     def default(cls, **kwargs) -> "SEDModel":
@@ -93,46 +97,48 @@ class SEDModel:
             yield slice(start, min(start + self.chunk_size, n))
 
     # ------------------------------------------------------------------ physics
-    def _ssp_at(self, age_gyr, metallicity):
-        """Bilinear (log age, log Z) interpolation of SSP spectra, (n,) -> (n, n_wave)."""
-        ia, wa = _axis_weights(np.log10(age_gyr), self._log_age)
-        iz, wz = _axis_weights(np.log10(metallicity), self._log_z)
-        lum = self.ssp.lum
-        wa, wz = wa[:, None], wz[:, None]
-        return ((1 - wa) * ((1 - wz) * lum[ia, iz] + wz * lum[ia, iz + 1])
-                + wa * ((1 - wz) * lum[ia + 1, iz] + wz * lum[ia + 1, iz + 1]))
-
     def _grid_interp(self, table, age_gyr, metallicity):
-        """Bilinear interpolation of an (n_age, n_z) table at populations of any shape."""
+        """Bilinear (log age, log Z) interpolation of an (n_age, n_z) table at any shape."""
         ia, wa = _axis_weights(np.log10(age_gyr), self._log_age)
         iz, wz = _axis_weights(np.log10(metallicity), self._log_z)
         return ((1 - wa) * ((1 - wz) * table[ia, iz] + wz * table[ia, iz + 1])
                 + wa * ((1 - wz) * table[ia + 1, iz] + wz * table[ia + 1, iz + 1]))
 
+    def _free_age_weights(self, mass, age, metallicity):
+        """Sparse (n, n_age * n_z) weights of populations of any age: bilinear in (log age, log Z).
+
+        mass, age, metallicity : (n, k) for k populations per galaxy.
+        """
+        n, k = mass.shape
+        nz = self._log_z.size
+        ia, wa = _axis_weights(np.log10(age), self._log_age)
+        iz, wz = _axis_weights(np.log10(metallicity), self._log_z)
+        corner = ia * nz + iz
+        cols = np.stack([corner, corner + 1, corner + nz, corner + nz + 1], axis=-1)      # (n, k, 4)
+        data = mass[..., None] * np.stack([(1 - wa) * (1 - wz), (1 - wa) * wz, wa * (1 - wz), wa * wz], axis=-1)
+        rows = np.broadcast_to(np.arange(n)[:, None, None], cols.shape)
+        return sparse.csr_matrix((data.ravel(), (rows.ravel(), cols.ravel())), shape=(n, self._flat_ssp.shape[0]))
+
     def _intrinsic(self, pops: Populations):
         """Unattenuated (young, old) spectra per unit formed mass, each (n, n_wave)."""
         n = pops.mass.shape[0]
-        nz = self._log_z.size
         rows = np.arange(n)
-        # full bins: mass split over the two bracketing metallicities -> weights (n, 42, n_z)
+        # Full bins: SSPs precomputed at the bin mid-ages; linear in log Z -> weights (n, 42, n_z).
         full = np.arange(N_BINS)[None, :] < pops.truncated_bin[:, None]
-        m = np.where(full, pops.mass[:, :N_BINS], 0.0)
+        m = np.where(full, pops.mass[:, :N_BINS], 0.0)[..., None]
         iz, wz = _axis_weights(np.log10(pops.metallicity[:, :N_BINS]), self._log_z)
-        W = np.zeros((n, N_BINS, nz))
-        r, j = np.broadcast_arrays(rows[:, None], np.arange(N_BINS)[None, :])
-        W[r, j, iz] = m * (1 - wz)
-        W[r, j, iz + 1] += m * wz
-        yb, ob = self._young_bins, ~self._young_bins
-        young = W[:, yb].reshape(n, -1) @ self._bin_ssp[yb].reshape(-1, self.wave.size)
-        old = W[:, ob].reshape(n, -1) @ self._bin_ssp[ob].reshape(-1, self.wave.size)
-        # free-age populations: the bin holding t_age, and the burst
-        for col in (pops.truncated_bin, np.full(n, Populations.BURST)):
-            mass = pops.mass[rows, col]
-            age = pops.age[rows, col]
-            spec = mass[:, None] * self._ssp_at(age, pops.metallicity[rows, col])
-            is_young = (age < self.t_esc)[:, None]
-            young += np.where(is_young, spec, 0.0)
-            old += np.where(is_young, 0.0, spec)
+        nodes = np.arange(self._log_z.size)
+        W = m * ((iz[..., None] == nodes) * (1 - wz)[..., None] + (iz[..., None] + 1 == nodes) * wz[..., None])
+        young = W[:, self._young_bins].reshape(n, -1) @ self._young_ssp
+        old = W[:, ~self._young_bins].reshape(n, -1) @ self._old_ssp
+        # Free-age populations: the bin holding t_age, and the burst.
+        cols = np.stack([pops.truncated_bin, np.full(n, Populations.BURST)], axis=1)
+        mass, age = pops.mass[rows[:, None], cols], pops.age[rows[:, None], cols]
+        is_young = age < self.t_esc
+        metallicity = pops.metallicity[rows[:, None], cols]
+        old += self._free_age_weights(np.where(is_young, 0.0, mass), age, metallicity) @ self._flat_ssp
+        if is_young.any():
+            young += self._free_age_weights(np.where(is_young, mass, 0.0), age, metallicity) @ self._flat_ssp
         return young, old
 
     def _spectrum_chunk(self, theta, z):

@@ -112,7 +112,15 @@ class Photometry:
         pos = np.interp(z, self.z_grid, np.arange(self.z_grid.size))
         k = np.minimum(pos.astype(int), self.z_grid.size - 2)
         w = (pos - k)[:, None]
-        flux = (1 - w) * np.einsum("nl,nlb->nb", lum, self._kernel[k]) \
-            + w * np.einsum("nl,nlb->nb", lum, self._kernel[k + 1])
+        # Group galaxies by redshift node so each group is two small matrix products
+        # (a loop over the <= len(z_grid) nodes present, never over galaxies).
+        flux = np.empty((lum.shape[0], self._kernel.shape[2]))
+        order = np.argsort(k, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(k[order]) != 0])
+        for a, b in zip(starts, np.r_[starts[1:], order.size]):
+            idx = order[a:b]
+            node = k[idx[0]]
+            part = lum[idx]
+            flux[idx] = (1 - w[idx]) * (part @ self._kernel[node]) + w[idx] * (part @ self._kernel[node + 1])
         dl = self.luminosity_distance_cm(z)
         return flux * (1e9 * LSUN_ERG_S / (4 * np.pi * dl**2))[:, None]
