@@ -1,6 +1,10 @@
 """Command-line interface: thin wrappers over the stages.
 
-    sedflow demo [--n N] [--seed S] [--out DIR]     forward-model demo on prior draws
+    sedflow demo [--n N] [--seed S] [--out DIR]            forward-model demo on prior draws
+    sedflow noise fit CATALOG --spec SPEC --out FILE       fit the empirical noise model
+    sedflow noise check CATALOG --spec SPEC [--model FILE] compare a noise model with a catalog
+    sedflow simulate --n N --out DIR [--shards K] [--seed S] [--noise-model FILE] [--address RAY]
+                     [--workers W]
 """
 
 from __future__ import annotations
@@ -76,6 +80,59 @@ def _demo_figure(model, theta, z, mags, props, path):
     plt.close(fig)
 
 
+def _parse_floors(items) -> dict | None:
+    if not items:
+        return None
+    floors = {}
+    for item in items:
+        band, _, value = item.partition("=")
+        if not value:
+            raise ValueError(f"--floor takes BAND=MAG, got {item!r}")
+        floors[band] = float(value)
+    return floors
+
+
+def _noise_fit(args) -> int:
+    from sedflow.noise import NSA_MAG_ERR_FLOOR, fit_noise_model
+
+    floors = NSA_MAG_ERR_FLOOR if args.nsa_floors else _parse_floors(args.floor)
+    model, report = fit_noise_model(args.catalog, args.spec, floors=floors, bin_width=args.bin_width,
+                                    min_count=args.min_count)
+    model.save(args.out)
+    print(f"fitted {args.out} from {report['catalog']} ({report['spec']}): {report['rows_used']} rows used, "
+          f"{report['rows_excluded']} excluded {report['excluded_by_reason']}")
+    for b, c in zip(model.bands, model.mag_centres):
+        print(f"  {b}: {c.size} bins, {c[0]:.2f}-{c[-1]:.2f} mag")
+    return 0
+
+
+def _noise_check(args) -> int:
+    from sedflow.noise import NoiseModel, compare_with_catalog
+
+    model = NoiseModel.load(args.model) if args.model else NoiseModel.default()
+    table = compare_with_catalog(model, args.catalog, args.spec)
+    print(f"{'band':>4} {'n':>6} {'obs median':>11} {'model median':>13} {'median ratio':>13} {'> mu+3s':>8}")
+    for b, r in table.items():
+        print(f"{b:>4} {r['n']:6d} {r['observed_median']:11.4f} {r['model_median']:13.4f} "
+              f"{r['median_ratio']:13.3f} {r['frac_above_mu_3s']:8.3f}")
+    return 0
+
+
+def _simulate(args) -> int:
+    from sedflow.noise import NoiseModel
+    from sedflow.simulate import SimulationConfig, run_simulation
+
+    config = SimulationConfig(n=args.n, shards=args.shards, seed=args.seed, z_min=args.z_min, z_max=args.z_max)
+    noise = NoiseModel.load(args.noise_model) if args.noise_model else None
+    s = run_simulation(args.out, config, noise=noise, address=args.address, workers=args.workers,
+                       progress=not args.quiet)
+    print(f"{s['rows']:,} rows in {s['shards_complete']}/{s['shards_total']} shards under {s['out']} "
+          f"({s['shards_skipped']} already complete); drawn {s['drawn']:,}, cut {100 * s['cut_fraction']:.1f}% "
+          f"(sigma <= 0: {s['cut_sigma_nonpositive']:,}, outside the catalog's flux range: {s['cut_flux_range']:,}); "
+          f"{s['seconds']:.1f} s, {s['galaxies_per_s']:,.0f} galaxies/s")
+    return 0 if s["complete"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sedflow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--show", type=int, default=10, help="rows to print")
     d.add_argument("--out", default="demo_out", help="output directory (default ./demo_out)")
     d.set_defaults(func=_demo)
+
+    noise = sub.add_parser("noise", help="empirical noise model").add_subparsers(dest="noise_command", required=True)
+    f = noise.add_parser("fit", help="fit sigma_mag(m) per band from a catalog")
+    f.add_argument("catalog", help="FITS, CSV or Parquet catalog")
+    f.add_argument("--spec", required=True, help="catalog description: name in catalogs/ or a YAML path")
+    f.add_argument("--out", required=True, help="output JSON file")
+    f.add_argument("--floor", action="append", metavar="BAND=MAG", help="magnitude-error floor, repeatable")
+    f.add_argument("--nsa-floors", action="store_true", help="NSA's floors: u 0.05, g r i 0.02, z 0.03 mag")
+    f.add_argument("--bin-width", type=float, default=0.25, help="magnitude bin width (default 0.25)")
+    f.add_argument("--min-count", type=int, default=10, help="fewest galaxies per bin (default 10)")
+    f.set_defaults(func=_noise_fit)
+    c = noise.add_parser("check", help="compare a noise model's sigma(m) with a catalog's")
+    c.add_argument("catalog")
+    c.add_argument("--spec", required=True)
+    c.add_argument("--model", help="noise model JSON (default: the shipped one)")
+    c.set_defaults(func=_noise_check)
+
+    from sedflow.simulate import PAPER_N
+
+    s = sub.add_parser("simulate", help="simulate the training set into Parquet shards with Ray")
+    s.add_argument("--n", type=int, default=PAPER_N, help=f"rows after cuts (default {PAPER_N:,}, the paper's)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--shards", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--z-min", type=float, default=0.0)
+    s.add_argument("--z-max", type=float, default=0.2)
+    s.add_argument("--noise-model", help="noise model JSON (default: the shipped SDSS+NSA-floors model)")
+    s.add_argument("--address", help="Ray address (default: start a local Ray)")
+    s.add_argument("--workers", type=int, help="most shards simulated at once (default: as many as Ray has CPUs)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_simulate)
     return p
 
 

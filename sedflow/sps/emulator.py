@@ -29,7 +29,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-from scipy.special import expit
 
 __all__ = ["PROVABGSEmulator"]
 
@@ -73,6 +72,9 @@ class PROVABGSEmulator:
         out = {"W": [np.asarray(c[f"W{i}"], dtype=dt) for i in range(_N_HIDDEN + 1)],
                "b": [np.asarray(c[f"b{i}"], dtype=dt) for i in range(_N_HIDDEN + 1)],
                "alphas": np.asarray(c["alphas"], dtype=dt), "betas": np.asarray(c["betas"], dtype=dt),
+               "half_alphas": (0.5 * np.asarray(c["alphas"], dtype=float)).astype(dt),
+               "act_offset": (0.5 * (1 + np.asarray(c["betas"], dtype=float))).astype(dt),
+               "act_slope": (0.5 * (1 - np.asarray(c["betas"], dtype=float))).astype(dt),
                "param_shift": np.asarray(c["param_shift"], dtype=dt),
                "param_scale": np.asarray(c["param_scale"], dtype=dt),
                "pca_shift": np.asarray(c["pca_shift"], dtype=dt),
@@ -86,7 +88,7 @@ class PROVABGSEmulator:
         out["pca_basis"] = basis
         out["spectrum_scale"], out["spectrum_shift"] = s_s, m_s
         out["out_matrix"] = (np.asarray(c["pca_scale"], dtype=float)[:, None] * basis * s_s).astype(dt)
-        out["out_offset"] = (np.asarray(c["pca_shift"], dtype=float) @ basis) * s_s + m_s
+        out["out_offset"] = ((np.asarray(c["pca_shift"], dtype=float) @ basis) * s_s + m_s).astype(dt)
         out["raw"] = c
         return out
 
@@ -153,22 +155,32 @@ class PROVABGSEmulator:
     def _forward(self, c, x):
         h = (x - c["param_shift"]) / c["param_scale"]
         for i in range(_N_HIDDEN):
-            a = h @ c["W"][i] + c["b"][i]
-            h = (c["betas"][i] + (1 - c["betas"][i]) * expit(c["alphas"][i] * a)) * a
+            a = h @ c["W"][i]
+            a += c["b"][i]
+            # (beta + (1 - beta) sigmoid(alpha a)) a  with  sigmoid(x) = (1 + tanh(x / 2)) / 2,
+            # in place (scipy's expit is ~10x slower than tanh in float32)
+            h = np.multiply(c["half_alphas"][i], a)
+            np.tanh(h, out=h)
+            h *= c["act_slope"][i]
+            h += c["act_offset"][i]
+            h *= a
         h = h @ c["W"][_N_HIDDEN] + c["b"][_N_HIDDEN]
         return h @ c["out_matrix"] + c["out_offset"]
 
+    def _log_spectrum(self, theta, tage) -> np.ndarray:
+        x = self.inputs(theta, tage).astype(self.dtype)
+        return np.concatenate([self._forward(c, x) for c in self._chunks], axis=1)
+
     def log_spectrum(self, theta, tage) -> np.ndarray:
         """ln L_lambda [Lsun/A per Msun formed] on `wave`, shape (n, n_wave), float64."""
-        x = self.inputs(theta, tage).astype(self.dtype)
-        return np.concatenate([self._forward(c, x) for c in self._chunks], axis=1).astype(float, copy=False)
+        return self._log_spectrum(theta, tage).astype(float, copy=False)
 
     def spectrum(self, theta, tage) -> np.ndarray:
         """L_lambda [Lsun/A] of galaxies with formed mass 10**theta[:, 0], shape (n, n_wave)."""
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         return np.exp(self.log_spectrum(theta, tage) + np.log(10.0) * theta[:, :1])
 
-    def photometry(self, theta, z, phot=None, chunk_size=1024) -> np.ndarray:
+    def photometry(self, theta, z, phot=None, chunk_size=512) -> np.ndarray:
         """Noiseless fluxes (n, n_bands) [nanomaggies] at redshifts z through a
         `sedflow.sps.photometry.Photometry` on `wave` (default: SDSS ugriz, z_max=0.45,
         built once and cached). t_age comes from the Photometry's cosmology (Planck13)."""
@@ -180,7 +192,10 @@ class PROVABGSEmulator:
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         z = phot.check_redshift(z, theta.shape[0])
         out = np.empty((theta.shape[0], len(phot.filter_names)))
+        order = np.argsort(z, kind="stable")  # chunks of similar z share Photometry's z nodes
         for s in range(0, theta.shape[0], chunk_size):
-            sl = slice(s, s + chunk_size)
-            out[sl] = phot.nanomaggies(self.spectrum(theta[sl], phot.age_of_universe(z[sl])), z[sl])
-        return out
+            sl = order[s:s + chunk_size]
+            # per-Msun spectra in the network's dtype; fluxes are linear in the formed mass
+            lum = np.exp(self._log_spectrum(theta[sl], phot.age_of_universe(z[sl])))
+            out[sl] = phot.nanomaggies(lum, z[sl])
+        return out * 10.0 ** theta[:, :1]

@@ -1,0 +1,259 @@
+"""Simulate the ANPE training set: (theta, x) pairs as Parquet shards, fanned out with Ray.
+
+For each galaxy (Hahn & Melchior 2022, Sec. 3): theta ~ prior, z ~ U(z_min, z_max],
+noiseless ugriz from the SED model, sigma_mag from the empirical noise model at the
+noiseless magnitude, flux noise n ~ N(0, sigma_f), then the paper's cuts: simulations whose
+sigma draw is <= 0 in any band, and those whose noisy flux falls outside the reference
+catalog's flux range in any band, are removed (and counted). z is drawn on (0, 0.2] by
+default; draws near z = 0 are far brighter than any catalog galaxy and fall to the
+flux-range cut.
+
+Shards: shard k of K holds ``n // K`` (+1 for the first ``n % K``) rows *after* cuts and
+draws from its own seed ``SeedSequence(seed).spawn(K)[k]``, so the files are identical
+whatever the number of workers, and a shard is all-or-nothing: it is written to a temp file
+and renamed. Rerunning skips shards already complete; a run interrupted anywhere and rerun
+gives exactly the rows of an uninterrupted run. The ``_simulation.json`` manifest records
+the configuration and refuses a rerun into the same directory with a different one.
+
+Schema (one row per kept simulation; float64 unless noted):
+``logmstar .. n_dust`` (the 12 parameters), ``u0 .. u10`` (`Prior.to_unconstrained`), ``z``,
+and per band b in ugriz ``flux_true_{b}``, ``flux_{b}``, ``flux_err_{b}`` [nanomaggies],
+``mag_{b}``, ``mag_err_{b}`` [AB mag; mag_err = 1.0857 flux_err / flux], then ``shard``
+(int32) and ``row`` (int64, index within the shard).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sedflow.catalog import MAG_ERR_PER_FRAC
+from sedflow.noise import NoiseModel
+from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
+from sedflow.sps.photometry import BANDS, nanomaggies_to_mag
+
+__all__ = ["SIM_SCHEMA", "SimulationConfig", "simulate_rows", "run_simulation", "shard_path", "shard_counts", "PAPER_N"]
+
+PAPER_N = 1_131_561  # size of the SEDflow training set
+MANIFEST = "_simulation.json"
+_FORMAT = 1
+
+SIM_SCHEMA = pa.schema(
+    [pa.field(n, pa.float64()) for n in PARAM_NAMES]
+    + [pa.field(n, pa.float64()) for n in UNCONSTRAINED_NAMES]
+    + [pa.field("z", pa.float64())]
+    + [pa.field(f"{q}_{b}", pa.float64()) for b in BANDS
+       for q in ("flux_true", "flux", "flux_err", "mag", "mag_err")]
+    + [pa.field("shard", pa.int32()), pa.field("row", pa.int64())],
+    metadata={"sedflow": "simulation shard", "format": str(_FORMAT)},
+)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    n: int = PAPER_N
+    shards: int = 16
+    seed: int = 0
+    z_min: float = 0.0
+    z_max: float = 0.2
+
+    def shard_sizes(self) -> list[int]:
+        base, extra = divmod(self.n, self.shards)
+        return [base + (k < extra) for k in range(self.shards)]
+
+
+def shard_path(out_dir, k: int, shards: int) -> Path:
+    return Path(out_dir) / f"shard-{k:05d}-of-{shards:05d}.parquet"
+
+
+class _Counts(dict):
+    def add(self, other):
+        for k, v in other.items():
+            self[k] = self.get(k, 0) + v
+
+
+def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_min=0.0, z_max=0.2,
+                  batch: int = 8192) -> tuple[dict, dict]:
+    """Draw simulations until ``n_rows`` survive the cuts; deterministic given ``rng``.
+
+    Returns (columns dict of the schema's columns minus shard/row, counts) with
+    ``drawn == kept + cut_sigma_nonpositive + cut_flux_range + unused``.
+    """
+    rng = np.random.default_rng(rng)
+    lo_f, hi_f = noise.flux_range[:, 0], noise.flux_range[:, 1]
+    parts, counts, kept = [], _Counts(), 0
+    while kept < n_rows:
+        size = max(1024, min(batch, 2 * (n_rows - kept)))
+        theta = prior.sample(size, seed=rng)
+        z = z_max - (z_max - z_min) * rng.uniform(size=size)          # on (z_min, z_max]
+        flux_true = model.photometry(theta, z)
+        sigma_mag, ok_sigma = noise.sample_mag_err(nanomaggies_to_mag(flux_true), rng)
+        flux_err = sigma_mag * flux_true / MAG_ERR_PER_FRAC
+        flux = flux_true + flux_err * rng.standard_normal(flux_true.shape)
+        in_range = np.all((flux >= lo_f) & (flux <= hi_f), axis=1)
+        keep = ok_sigma & in_range
+        counts.add({"drawn": size, "cut_sigma_nonpositive": int((~ok_sigma).sum()),
+                    "cut_flux_range": int((ok_sigma & ~in_range).sum())})
+        passing = np.flatnonzero(keep)
+        take = passing[: n_rows - kept]
+        counts.add({"unused": int(passing.size - take.size)})  # surplus of the last batch
+        kept += take.size
+        parts.append((theta[take], z[take], flux_true[take], flux[take], flux_err[take]))
+    theta, z, flux_true, flux, flux_err = (np.concatenate(p) for p in zip(*parts))
+    cols = {name: theta[:, i] for i, name in enumerate(PARAM_NAMES)}
+    u = prior.to_unconstrained(theta)
+    cols.update({name: u[:, i] for i, name in enumerate(UNCONSTRAINED_NAMES)})
+    cols["z"] = z
+    mag = nanomaggies_to_mag(flux)
+    for j, b in enumerate(BANDS):
+        cols[f"flux_true_{b}"] = flux_true[:, j]
+        cols[f"flux_{b}"] = flux[:, j]
+        cols[f"flux_err_{b}"] = flux_err[:, j]
+        cols[f"mag_{b}"] = mag[:, j]
+        cols[f"mag_err_{b}"] = MAG_ERR_PER_FRAC * flux_err[:, j] / flux[:, j]
+    counts["kept"] = int(kept)
+    return cols, dict(counts)
+
+
+def _simulate_shard(model, noise, prior, config: SimulationConfig, k: int):
+    """One shard as a pyarrow Table (runs in a Ray task)."""
+    seq = np.random.SeedSequence(config.seed).spawn(config.shards)[k]
+    n = config.shard_sizes()[k]
+    t0 = time.perf_counter()
+    cols, counts = simulate_rows(model, noise, prior, n, np.random.default_rng(seq), config.z_min, config.z_max)
+    cols["shard"] = np.full(n, k, dtype=np.int32)
+    cols["row"] = np.arange(n, dtype=np.int64)
+    table = pa.Table.from_pydict(cols, schema=SIM_SCHEMA)
+    # draw/cut counts travel in the file (deterministic), the time does not
+    table = table.replace_schema_metadata({**SIM_SCHEMA.metadata, b"counts": json.dumps(counts).encode()})
+    return table, {**counts, "seconds": time.perf_counter() - t0}
+
+
+def shard_counts(path) -> dict:
+    """Draw and cut counts stored in a shard's Parquet metadata."""
+    md = pq.read_schema(path).metadata or {}
+    return json.loads(md.get(b"counts", b"{}"))
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _shard_complete(path: Path, n_rows: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        md = pq.read_metadata(path)
+    except Exception:
+        return False
+    return md.num_rows == n_rows and md.schema.to_arrow_schema().remove_metadata().equals(SIM_SCHEMA.remove_metadata())
+
+
+def _manifest(config: SimulationConfig, noise: NoiseModel, model, prior: Prior) -> dict:
+    return {"format": _FORMAT, "config": asdict(config), "prior": prior.to_dict(),
+            "noise_model": noise.to_dict(), "sed_model": {"ssp": model.ssp.source, "bases": model.bases.source,
+                                                          "t_esc_gyr": model.t_esc,
+                                                          "filters": list(model.band_names)},
+            "schema": [f.name for f in SIM_SCHEMA]}
+
+
+def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise: NoiseModel | None = None,
+                   model=None, prior: Prior | None = None, address: str | None = None,
+                   workers: int | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Simulate ``config.n`` rows into ``config.shards`` Parquet shards under ``out_dir``.
+
+    ``address``: Ray cluster address (``None`` starts a local Ray). ``workers``: most shard
+    tasks in flight at once (default: all; Ray schedules them on the free CPUs).
+    ``stop_after``: return after writing that many shards (to test interruption).
+    Returns a summary dict.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    from sedflow.ray_utils import ray_session
+    from sedflow.sps.model import SEDModel
+
+    if config.n < 1 or config.shards < 1 or config.shards > config.n:
+        raise ValueError(f"need 1 <= shards <= n, got n={config.n}, shards={config.shards}")
+    if not 0 <= config.z_min < config.z_max:
+        raise ValueError(f"need 0 <= z_min < z_max, got {config.z_min}, {config.z_max}")
+    noise = noise or NoiseModel.default()
+    if noise.flux_range is None:
+        raise ValueError("the noise model has no reference flux range (fit it with `sedflow noise fit`)")
+    prior = prior or Prior()
+    model = model or SEDModel.default()
+    if config.z_max > model.phot.z_max:
+        raise ValueError(f"z_max={config.z_max} exceeds the SED model's {model.phot.z_max}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(config, noise, model, prior)
+    mpath = out / MANIFEST
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if {k: old.get(k) for k in manifest} != manifest:
+            raise ValueError(f"{out} holds a simulation with another configuration ({mpath}); "
+                             "use a new directory or the same settings")
+    else:
+        mpath.write_text(json.dumps(manifest, indent=1))
+    for stale in out.glob(".shard-*.tmp*"):
+        stale.unlink()  # temp files of an interrupted run
+
+    sizes = config.shard_sizes()
+    todo = [k for k in range(config.shards) if not _shard_complete(shard_path(out, k, config.shards), sizes[k])]
+    counts, t0, written = _Counts(), time.perf_counter(), 0
+    if todo:
+        with ray_session(address):
+            task = ray.remote(_simulate_shard).options(num_cpus=1, max_retries=3)
+            refs = [ray.put(x) for x in (model, noise, prior, config)]
+            queue, pending = list(todo), {}
+            bar = tqdm(total=len(todo), desc="simulate", unit="shard", disable=not progress)
+            while queue or pending:
+                while queue and len(pending) < (workers or len(todo)):
+                    k = queue.pop(0)
+                    pending[task.remote(*refs, k)] = k
+                done, _ = ray.wait(list(pending), num_returns=1)
+                k = pending.pop(done[0])
+                table, c = ray.get(done[0])
+                _write_atomic(table, shard_path(out, k, config.shards))
+                counts.add(c)
+                written += 1
+                bar.update(1)
+                if stop_after is not None and written >= stop_after:
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
+                    queue.clear()
+                    break
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    paths = [shard_path(out, k, config.shards) for k in range(config.shards)]
+    complete = [_shard_complete(p, n) for p, n in zip(paths, sizes)]
+    total = _Counts()
+    for p, ok in zip(paths, complete):
+        if ok:
+            total.add(shard_counts(p))
+    drawn = total.get("drawn", 0)
+    summary = {
+        "out": str(out), "shards_total": config.shards, "shards_complete": int(sum(complete)),
+        "shards_written_now": written, "shards_skipped": config.shards - len(todo),
+        "complete": all(complete), "rows": int(total.get("kept", 0)), "drawn": int(drawn),
+        "cut_sigma_nonpositive": int(total.get("cut_sigma_nonpositive", 0)),
+        "cut_flux_range": int(total.get("cut_flux_range", 0)),
+        "unused_surplus": int(total.get("unused", 0)),
+        "cut_fraction": ((total.get("cut_sigma_nonpositive", 0) + total.get("cut_flux_range", 0))
+                         / (drawn - total.get("unused", 0))) if drawn else 0.0,
+        "seconds": elapsed,
+        "galaxies_per_s": counts.get("drawn", 0) / elapsed if elapsed > 0 else 0.0,
+    }
+    if summary["complete"]:
+        (out / "_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,135 @@
+"""Simulator: schema, cuts, determinism across worker counts, resume after interruption (real Ray)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sedflow.noise import NoiseModel
+from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
+from sedflow.simulate import SIM_SCHEMA, SimulationConfig, run_simulation, shard_counts, shard_path, simulate_rows
+
+CONFIG = SimulationConfig(n=600, shards=2, seed=7)
+
+
+def shard_bytes(out, config):
+    return [shard_path(out, k, config.shards).read_bytes() for k in range(config.shards)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_local, sed_model):
+    out = tmp_path_factory.mktemp("sim_ref")
+    summary = run_simulation(out, CONFIG, model=sed_model, progress=False)
+    return out, summary
+
+
+def test_schema_and_contents(reference, sed_model, prior):
+    out, summary = reference
+    assert summary["complete"] and summary["rows"] == 600
+    table = pq.read_table(shard_path(out, 0, 2))
+    assert table.schema.remove_metadata().equals(SIM_SCHEMA.remove_metadata())
+    names = table.column_names
+    assert names[:12] == list(PARAM_NAMES) and names[12:23] == list(UNCONSTRAINED_NAMES) and names[23] == "z"
+    for b in "ugriz":
+        for q in ("flux_true", "flux", "flux_err", "mag", "mag_err"):
+            assert f"{q}_{b}" in names
+    assert names[-2:] == ["shard", "row"]
+    d = table.to_pandas()
+    assert len(d) == 300 and (d["shard"] == 0).all() and (d["row"] == np.arange(300)).all()
+    theta = d[list(PARAM_NAMES)].to_numpy()
+    assert prior.in_support(theta).all()
+    np.testing.assert_allclose(prior.from_unconstrained(d[list(UNCONSTRAINED_NAMES)].to_numpy()), theta, atol=1e-9)
+    # the stored noiseless flux is the SED model's; mags and their errors follow from the noisy flux
+    np.testing.assert_allclose(d[[f"flux_true_{b}" for b in "ugriz"]].to_numpy(),
+                               sed_model.photometry(theta, d["z"].to_numpy()), rtol=1e-10)
+    np.testing.assert_allclose(d["mag_r"], 22.5 - 2.5 * np.log10(d["flux_r"]))
+    np.testing.assert_allclose(d["mag_err_r"], 1.0857362 * d["flux_err_r"] / d["flux_r"], rtol=1e-6)
+    assert ((d["z"] > 0) & (d["z"] <= 0.2)).all()
+
+
+def test_cuts_are_counted(reference):
+    out, summary = reference
+    c = [shard_counts(shard_path(out, k, 2)) for k in range(2)]
+    for cc in c:
+        assert cc["drawn"] == cc["kept"] + cc["cut_sigma_nonpositive"] + cc["cut_flux_range"] + cc["unused"]
+        assert cc["kept"] == 300
+    assert summary["drawn"] == sum(cc["drawn"] for cc in c)
+    assert summary["cut_flux_range"] > 0
+
+
+def test_cuts_remove_exactly_the_rows_outside(sed_model, prior):
+    """Redo one batch by hand with the same random stream and count the cuts independently."""
+    noise = NoiseModel.default()
+    cols, counts = simulate_rows(sed_model, noise, prior, 50, np.random.default_rng(3), batch=1024)
+    lo, hi = noise.flux_range[:, 0], noise.flux_range[:, 1]
+    flux = np.column_stack([cols[f"flux_{b}"] for b in "ugriz"])
+    assert np.all((flux >= lo) & (flux <= hi))
+    rng = np.random.default_rng(3)
+    theta = prior.sample(1024, seed=rng)
+    z = 0.2 - 0.2 * rng.uniform(size=1024)
+    ft = sed_model.photometry(theta, z)
+    sig, ok = noise.sample_mag_err(22.5 - 2.5 * np.log10(ft), rng)
+    f = ft + sig * ft / 1.0857362 * rng.standard_normal(ft.shape)
+    inside = np.all((f >= lo) & (f <= hi), axis=1)
+    assert counts["drawn"] == 1024
+    assert counts["cut_sigma_nonpositive"] == (~ok).sum()
+    assert counts["cut_flux_range"] == (ok & ~inside).sum()
+    np.testing.assert_allclose(cols["logmstar"], theta[ok & inside][:50, 0])
+
+
+def test_identical_files_whatever_the_number_of_workers(reference, tmp_path, sed_model):
+    out, _ = reference
+    one = tmp_path / "one_worker"
+    run_simulation(one, CONFIG, model=sed_model, workers=1, progress=False)
+    assert shard_bytes(one, CONFIG) == shard_bytes(out, CONFIG)
+
+
+def test_interrupted_run_resumes_to_the_same_rows(reference, tmp_path, sed_model):
+    out, _ = reference
+    part = tmp_path / "part"
+    s1 = run_simulation(part, CONFIG, model=sed_model, workers=1, stop_after=1, progress=False)
+    assert s1["shards_complete"] == 1 and not s1["complete"]
+    (part / ".shard-00001-of-00002.parquet.tmp999").write_bytes(b"half-written")   # a killed writer's leftover
+    s2 = run_simulation(part, CONFIG, model=sed_model, progress=False)
+    assert s2["complete"] and s2["shards_skipped"] == 1 and s2["shards_written_now"] == 1
+    assert shard_bytes(part, CONFIG) == shard_bytes(out, CONFIG)
+    assert not list(part.glob(".shard-*"))
+
+
+def test_killed_process_then_rerun(reference, tmp_path):
+    """Kill `sedflow simulate` (and its local Ray) hard mid-run; the rerun completes the same rows."""
+    out, _ = reference
+    target = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sedflow.cli", "simulate", "--n", "600", "--shards", "2", "--seed", "7",
+           "--out", str(target), "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not shard_path(target, 0, 2).exists() and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (target / "_summary.json").exists() or shard_path(target, 1, 2).exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert shard_bytes(target, CONFIG) == shard_bytes(out, CONFIG)
+
+
+def test_other_configuration_in_same_directory_is_refused(reference, sed_model):
+    out, _ = reference
+    with pytest.raises(ValueError, match="another configuration"):
+        run_simulation(out, SimulationConfig(n=600, shards=2, seed=8), model=sed_model, progress=False)
+
+
+@pytest.mark.parametrize("config, match", [
+    (SimulationConfig(n=0, shards=1), "shards"),
+    (SimulationConfig(n=10, shards=20), "shards"),
+    (SimulationConfig(n=10, shards=1, z_max=0.9), "z_max"),
+])
+def test_bad_configuration(tmp_path, sed_model, config, match):
+    with pytest.raises(ValueError, match=match):
+        run_simulation(tmp_path, config, model=sed_model, progress=False)
