@@ -199,7 +199,10 @@ def read_catalog(path, spec: CatalogSpec) -> tuple[pd.DataFrame, dict]:
     counts["flag_bad_input"] = int(flag_bad.sum())
     counts["flag_quality"] = int(flag_quality.sum())
 
-    out = {"id": np.asarray(cols[spec.id]) if spec.id else np.arange(n, dtype=np.int64)}
+    ids = np.asarray(cols[spec.id]) if spec.id else np.arange(n, dtype=np.int64)
+    if ids.dtype.kind in "iu":
+        ids = ids.astype(np.int64)          # native byte order (FITS columns are big-endian)
+    out = {"id": ids}
     if spec.ra and spec.dec:
         out["ra"] = np.asarray(cols[spec.ra], dtype=float)
         out["dec"] = np.asarray(cols[spec.dec], dtype=float)

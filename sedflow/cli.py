@@ -3,8 +3,11 @@
     sedflow demo [--n N] [--seed S] [--out DIR]            forward-model demo on prior draws
     sedflow noise fit CATALOG --spec SPEC --out FILE       fit the empirical noise model
     sedflow noise check CATALOG --spec SPEC [--model FILE] compare a noise model with a catalog
+    sedflow ingest --spec SPEC INPUT --out DIR [--partition-rows N | --healpix-order K]
     sedflow simulate --n N --out DIR [--shards K] [--seed S] [--noise-model FILE] [--address RAY]
                      [--workers W]
+    sedflow train DATA_DIR --out MODEL_DIR [--arch NAME] [--workers W] [--batch-size B] [--max-epochs E]
+                  [--address RAY]
 """
 
 from __future__ import annotations
@@ -133,6 +136,17 @@ def _simulate(args) -> int:
     return 0 if s["complete"] else 1
 
 
+def _train(args) -> int:
+    from sedflow.train import train
+
+    s = train(args.data_dir, args.out, arch=args.arch, workers=args.workers, batch_size=args.batch_size,
+              max_epochs=args.max_epochs, lr=args.lr, patience=args.patience, seed=args.seed, address=args.address)
+    print(f"trained {args.arch} ({s['parameters']:,} parameters) for {s['epochs']} epochs "
+          f"(best {s['best_epoch']}, validation loss {s['best_val_loss']:.4f}) in {s['seconds']:.0f} s; "
+          f"artifact in {s['artifact']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sedflow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,7 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="noise model JSON (default: the shipped one)")
     c.set_defaults(func=_noise_check)
 
+    from sedflow.ingest import add_ingest_parser
     from sedflow.simulate import PAPER_N
+
+    add_ingest_parser(sub)
+
+    from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH
+
+    t = sub.add_parser("train", help="train the amortized posterior with Ray Train")
+    t.add_argument("data_dir", help="directory of simulation shards (sedflow simulate --out)")
+    t.add_argument("--out", required=True, help="model artifact directory (rerun to resume)")
+    t.add_argument("--arch", default=DEFAULT_ARCH, choices=sorted(ARCHITECTURES))
+    t.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    t.add_argument("--batch-size", type=int, default=2048)
+    t.add_argument("--max-epochs", type=int, default=500)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
+    t.add_argument("--seed", type=int, default=0, help="train/validation split and initialisation seed")
+    t.add_argument("--address", help="Ray address (default: start a local Ray)")
+    t.set_defaults(func=_train)
 
     s = sub.add_parser("simulate", help="simulate the training set into Parquet shards with Ray")
     s.add_argument("--n", type=int, default=PAPER_N, help=f"rows after cuts (default {PAPER_N:,}, the paper's)")

@@ -1,0 +1,457 @@
+"""Ingest a survey catalog into partitioned Parquet in the standard input form (DESIGN sections 4-5).
+
+``ingest_catalog`` reads a FITS, CSV or Parquet catalog through its description
+(``catalogs/*.yaml``, `sedflow.catalog.read_catalog`) and writes it, with an explicit pyarrow
+schema (`standard_schema`), in one of two layouts that Dask (the inference stage) reads:
+
+* **row partitions** (default; the only choice when the survey has no ra/dec):
+  ``part-00000.parquet``, ``part-00001.parquet``, ... of ``partition_rows`` rows each, in input
+  row order, each written to a temp file and renamed, plus ``_ingest.json`` (spec name, input
+  file name and sha256, counts, schema). Read with::
+
+      dask.dataframe.read_parquet(f"{out}/part-*.parquet")
+
+* **HATS** (``healpix_order=K``, needs ra/dec): ``Norder=K/Dir=D/Npix=N.parquet`` under
+  ``out/dataset/``, made by hats-import's catalog pipeline on a Dask client (a small local one
+  unless one is given) with ``constant_healpix_order=K``, so every partition is at order K
+  (hats-import's row thresholds do not apply). hats-import adds its spatial index column
+  ``_healpix_29`` (int64, first column) and sorts each pixel by (``_healpix_29``, ``id``); it also
+  writes ``hats.properties``, ``partition_info.csv``, ``point_map.fits``, ``skymap.fits`` and
+  ``dataset/_metadata`` + ``dataset/_common_metadata``. ``lsdb.read_hats(out)`` opens it; with
+  plain Dask (``_metadata``/``_common_metadata`` are skipped or used as Parquet metadata, and
+  ``partitioning=None`` stops pyarrow adding the ``Norder``/``Dir`` directory names as columns)::
+
+      dask.dataframe.read_parquet(f"{out}/dataset", dataset={"partitioning": None})
+
+`read_ingested` does the right call for either layout.
+
+Standard columns (`sedflow.catalog` defines them): ``id`` (int64, or string when the survey's
+ids are strings), ``ra``, ``dec`` (float64, degrees, when the survey has them), ``z``,
+``flux_{b}``, ``flux_err_{b}`` (float64, nanomaggies, extinction-corrected as the description
+says), ``flag_bad_input``, ``flag_quality`` (bool).
+
+Guarantees and refusals:
+
+* **No row is dropped**: rows in == rows out, counted from the written Parquet footers (a
+  mismatch raises ``RuntimeError``). Bad values (NaN/inf/non-positive flux, ivar <= 0, missing z)
+  only set ``flag_bad_input``; a z outside the description's ``redshift_range`` (including a
+  missing z) sets ``flag_quality``. The summary counts each reason.
+* **Duplicated ids are refused**: a ``ValueError`` says how many ids occur more than once and
+  shows a few with their row numbers. Every input row must appear in the output exactly once
+  (DESIGN section 4), and posteriors are joined back to the catalog by ``id``.
+* The HATS layout refuses rows with non-finite ra/dec or |dec| > 90 (they have no pixel; use
+  the row layout), and ids that are not integer or string are refused in both layouts.
+* The output appears whole or not at all: everything is written into a hidden work directory
+  beside ``out`` and renamed into place at the end. An existing non-empty ``out`` is refused
+  unless ``overwrite=True`` and it holds an ``_ingest.json`` (a previous ingest).
+
+Example::
+
+    from sedflow.ingest import ingest_catalog, read_ingested
+    s = ingest_catalog("nsa_v0_1_2.fits", "nsa", "nsa_hats", healpix_order=3)
+    ddf = read_ingested("nsa_hats")          # a dask DataFrame with the standard columns
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sedflow.catalog import CatalogSpec, file_sha256, read_catalog
+
+__all__ = [
+    "ingest_catalog",
+    "standard_schema",
+    "read_ingested",
+    "add_ingest_parser",
+    "DEFAULT_PARTITION_ROWS",
+    "MANIFEST",
+]
+
+DEFAULT_PARTITION_ROWS = 100_000
+MANIFEST = "_ingest.json"
+_FORMAT = 1
+_HATS_INPUT_CHUNK_ROWS = 250_000  # rows per intermediate file handed to hats-import (one mapping task each)
+_MAX_HEALPIX_ORDER = 29
+
+
+def standard_schema(bands, id_type: pa.DataType = pa.int64(), positions: bool = True,
+                    spec_name: str | None = None) -> pa.Schema:
+    """The explicit pyarrow schema of the standard input form (units in the field metadata)."""
+    fields = [pa.field("id", id_type, nullable=False, metadata={"description": "survey id"})]
+    if positions:
+        fields += [pa.field("ra", pa.float64(), metadata={"unit": "deg"}),
+                   pa.field("dec", pa.float64(), metadata={"unit": "deg"})]
+    fields.append(pa.field("z", pa.float64(), metadata={"description": "redshift"}))
+    fields += [pa.field(f"flux_{b}", pa.float64(),
+                        metadata={"unit": "nanomaggies", "description": "extinction-corrected flux"})
+               for b in bands]
+    fields += [pa.field(f"flux_err_{b}", pa.float64(),
+                        metadata={"unit": "nanomaggies", "description": "1-sigma flux error"})
+               for b in bands]
+    fields += [
+        pa.field("flag_bad_input", pa.bool_(), nullable=False,
+                 metadata={"description": "non-finite or non-positive flux, error or ivar; non-finite z"}),
+        pa.field("flag_quality", pa.bool_(), nullable=False,
+                 metadata={"description": "fails a quality cut of the catalog description"}),
+    ]
+    meta = {"sedflow": "standard input catalog", "format": str(_FORMAT), "bands": ",".join(bands)}
+    if spec_name:
+        meta["catalog_spec"] = spec_name
+    return pa.schema(fields, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# checks on the standard frame
+# ----------------------------------------------------------------------------------------------
+
+def _normalise_ids(ids: pd.Series) -> tuple[np.ndarray, pa.DataType]:
+    """Native int64 ids (FITS gives big-endian ints) or strings; anything else is refused."""
+    values = ids.to_numpy()
+    if values.dtype.kind in "iu":
+        if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
+            raise ValueError("ids exceed the int64 range")
+        return values.astype(np.int64), pa.int64()
+    if values.dtype.kind == "f":
+        ok = np.isfinite(values) & (values == np.round(values))
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise ValueError(f"{bad.size} ids are not integers (e.g. rows {bad[:5].tolist()}: "
+                             f"{values[bad[:5]].tolist()})")
+        return values.astype(np.int64), pa.int64()
+    if pd.api.types.is_string_dtype(ids.dtype) or values.dtype.kind in "OSU":
+        as_str = ids.astype(str)
+        if ids.isna().any():
+            bad = np.flatnonzero(ids.isna().to_numpy())
+            raise ValueError(f"{bad.size} ids are missing (e.g. rows {bad[:5].tolist()})")
+        return as_str.to_numpy(dtype=object), pa.string()
+    raise ValueError(f"ids must be integers or strings, got dtype {ids.dtype}")
+
+
+def _refuse_duplicate_ids(ids: np.ndarray) -> None:
+    s = pd.Series(ids)
+    dup = s.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    groups = s[dup].groupby(s[dup], sort=False).groups
+    examples = "; ".join(f"id {k!r} at rows {list(v)[:4]}" for k, v in list(groups.items())[:5])
+    raise ValueError(f"duplicated ids: {len(groups)} ids occur more than once ({int(dup.sum())} rows), "
+                     f"e.g. {examples}. Every input row must map to one output row by id: fix the "
+                     f"catalog or give the description no id column (row numbers are then used)")
+
+
+def _to_table(frame: pd.DataFrame, schema: pa.Schema, ids: np.ndarray) -> pa.Table:
+    arrays = []
+    for f in schema:
+        values = ids if f.name == "id" else frame[f.name].to_numpy()
+        if pa.types.is_floating(f.type):
+            values = np.asarray(values, dtype=np.float64)
+        elif pa.types.is_boolean(f.type):
+            values = np.asarray(values, dtype=bool)
+        arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ----------------------------------------------------------------------------------------------
+# writers
+# ----------------------------------------------------------------------------------------------
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _write_row_partitions(table: pa.Table, dest: Path, partition_rows: int) -> list[str]:
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    n = table.num_rows
+    for k, start in enumerate(range(0, max(n, 1), partition_rows)):
+        name = f"part-{k:05d}.parquet"
+        _write_atomic(table.slice(start, partition_rows), dest / name)
+        names.append(name)
+    return names
+
+
+def _artifact_name(out_dir: Path) -> str:
+    """hats-import's catalog name (letters, digits, ``._-`` only); used as the HATS catalog_name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", out_dir.name) or "catalog"
+
+
+def _write_hats(table: pa.Table, work: Path, out_name: str, healpix_order: int, client, workers: int,
+                spec_name: str) -> Path:
+    """Run hats-import's catalog pipeline on ``table``; returns the catalog directory in ``work``."""
+    from hats_import.catalog.arguments import ImportArguments
+    from hats_import.catalog.file_readers import ParquetPyarrowReader
+    from hats_import.pipeline import pipeline_with_client
+
+    inputs = work / "input"
+    inputs.mkdir()
+    files = [inputs / n for n in _write_row_partitions(table, inputs, _HATS_INPUT_CHUNK_ROWS)]
+    schema_file = inputs / "_schema.parquet"  # carries the explicit schema (and its metadata) through
+    pq.write_table(table.schema.empty_table(), schema_file)
+    args = ImportArguments(
+        output_path=str(work / "stage"),
+        output_artifact_name=out_name,
+        input_file_list=[str(f) for f in files],
+        file_reader=ParquetPyarrowReader(),
+        catalog_type="object",
+        ra_column="ra",
+        dec_column="dec",
+        sort_columns="id",
+        constant_healpix_order=healpix_order,  # every pixel at this order; thresholds unused
+        use_schema_file=str(schema_file),
+        expected_total_rows=table.num_rows,
+        tmp_dir=str(work / "hats_tmp"),
+        dask_tmp=str(work / "dask"),
+        resume=False,
+        progress_bar=False,
+        addl_hats_properties={"obs_title": f"sedflow standard input ({spec_name})"},
+    )
+    if client is not None:
+        pipeline_with_client(args, client)
+    else:
+        import logging
+
+        import dask
+        from dask.distributed import Client
+
+        # threads, not processes: starts in ~0.1 s, and hats-import's tasks pass files, not data.
+        # temporary-directory: else dask leaves dask-scratch-space/ lock files in the system temp dir
+        with dask.config.set({"temporary-directory": str(work / "dask")}), \
+                Client(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None,
+                       local_directory=str(work / "dask"), silence_logs=logging.ERROR) as own:
+            pipeline_with_client(args, own)
+    return work / "stage" / out_name
+
+
+def _count_rows(files) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def _hats_files(cat_dir: Path) -> list[Path]:
+    return sorted((cat_dir / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+
+def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
+                   healpix_order: int | None = None, *, overwrite: bool = False, client=None,
+                   workers: int = 2, tmp_dir=None) -> dict:
+    """Ingest ``input_path`` (FITS/CSV/Parquet) described by ``spec`` into ``out_dir``; returns a summary.
+
+    Args:
+        input_path: the survey catalog.
+        spec: a `CatalogSpec`, a name in ``catalogs/`` or a YAML path.
+        out_dir: output directory (must not exist or be empty; see ``overwrite``).
+        partition_rows: rows per ``part-NNNNN.parquet`` (row layout; default 100,000).
+        healpix_order: write the HATS layout at this HEALPix order instead (needs ra/dec).
+        overwrite: replace an ``out_dir`` that holds a previous ingest (``_ingest.json``).
+        client: a ``dask.distributed.Client`` for hats-import (default: a local one, ``workers``
+            threads, closed afterwards). A remote cluster must see ``out_dir``'s filesystem.
+        tmp_dir: where the hidden work directory goes (default: beside ``out_dir``).
+
+    Returns:
+        dict with ``rows_in``, ``rows_out``, ``flagged`` (rows by reason, as `read_catalog`
+        counts them), ``flag_bad_input``, ``flag_quality``, ``partitions``, ``layout``,
+        ``seconds`` and more; the same record is saved as ``out_dir/_ingest.json``.
+    """
+    t_start = time.perf_counter()
+    spec = spec if isinstance(spec, CatalogSpec) else CatalogSpec.load(spec)
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if partition_rows is not None and healpix_order is not None:
+        raise ValueError("give partition_rows (row layout) or healpix_order (HATS layout), not both")
+    has_positions = bool(spec.ra and spec.dec)
+    if healpix_order is not None:
+        if not has_positions:
+            raise ValueError(f"the HATS layout (healpix_order) needs ra/dec, and the description "
+                             f"{spec.name!r} names none: use partition_rows")
+        if not isinstance(healpix_order, (int, np.integer)) or not 0 <= healpix_order <= _MAX_HEALPIX_ORDER:
+            raise ValueError(f"healpix_order must be an integer in 0..{_MAX_HEALPIX_ORDER}, got {healpix_order!r}")
+        healpix_order = int(healpix_order)
+    else:
+        partition_rows = DEFAULT_PARTITION_ROWS if partition_rows is None else partition_rows
+        if not isinstance(partition_rows, (int, np.integer)) or partition_rows < 1:
+            raise ValueError(f"partition_rows must be a positive integer, got {partition_rows!r}")
+        partition_rows = int(partition_rows)
+    _check_out_dir(out_dir, overwrite)
+
+    # read + standard form (flags only, nothing dropped)
+    t0 = time.perf_counter()
+    frame, counts = read_catalog(input_path, spec)
+    rows_in = int(counts["rows"])
+    if len(frame) != rows_in:  # read_catalog's own contract
+        raise RuntimeError(f"read_catalog returned {len(frame)} rows for {rows_in} input rows")
+    ids, id_type = _normalise_ids(frame["id"])
+    _refuse_duplicate_ids(ids)
+    if healpix_order is not None:
+        ra, dec = frame["ra"].to_numpy(), frame["dec"].to_numpy()
+        bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(f"{rows.size} rows have no valid ra/dec (e.g. rows {rows[:5].tolist()}) and "
+                             f"no HEALPix pixel: the HATS layout cannot hold them without dropping them; "
+                             f"use the row layout (partition_rows)")
+    schema = standard_schema(spec.bands, id_type, has_positions, spec.name)
+    table = _to_table(frame, schema, ids)
+    del frame
+    sha = file_sha256(input_path)
+    t_read = time.perf_counter() - t0
+
+    # write into a hidden work directory, verify, rename into place
+    t0 = time.perf_counter()
+    parent = Path(tmp_dir) if tmp_dir else out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.sedflow-ingest-", dir=parent))
+    try:
+        if healpix_order is None:
+            staged = work / "out"
+            files = _write_row_partitions(table, staged, partition_rows)
+            rows_out = _count_rows(staged / f for f in files)
+            layout, partitions = "partition_rows", len(files)
+        else:
+            staged = _write_hats(table, work, _artifact_name(out_dir), healpix_order, client, workers, spec.name)
+            hats_files = _hats_files(staged)
+            rows_out = _count_rows(hats_files)
+            orders = {int(p.parts[-3].split("=")[1]) for p in hats_files}
+            if orders - {healpix_order}:
+                raise RuntimeError(f"hats-import wrote orders {sorted(orders)}, asked for {healpix_order}")
+            files = [str(p.relative_to(staged)) for p in hats_files]
+            layout, partitions = "hats", len(files)
+        if rows_out != rows_in:
+            raise RuntimeError(f"ingest wrote {rows_out} rows for {rows_in} input rows")
+        t_write = time.perf_counter() - t0
+        flagged = {k: int(v) for k, v in counts.items() if k not in ("rows", "flag_bad_input", "flag_quality")}
+        summary = {
+            "format": _FORMAT,
+            "spec": spec.name,
+            "input": {"name": input_path.name, "sha256": sha, "bytes": input_path.stat().st_size},
+            "layout": layout,
+            "partition_rows": partition_rows,
+            "healpix_order": healpix_order,
+            "rows_in": rows_in,
+            "rows_out": int(rows_out),
+            "flag_bad_input": int(counts["flag_bad_input"]),
+            "flag_quality": int(counts["flag_quality"]),
+            "flagged": flagged,
+            "partitions": partitions,
+            "files": files,
+            "id_type": str(id_type),
+            "schema": [{"name": f.name, "type": str(f.type),
+                        **({"unit": f.metadata[b"unit"].decode()} if f.metadata and b"unit" in f.metadata else {})}
+                       for f in schema],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds_read": round(t_read, 3),
+            "seconds_write": round(t_write, 3),
+        }
+        summary["seconds"] = round(time.perf_counter() - t_start, 3)
+        (staged / MANIFEST).write_text(json.dumps(summary, indent=1) + "\n")
+        _move_into_place(staged, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary["out"] = str(out_dir)
+    return summary
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out_dir} exists and is not empty (overwrite=True / --overwrite replaces "
+                             f"a previous ingest)")
+        if not (out_dir / MANIFEST).is_file():
+            raise ValueError(f"{out_dir} is not empty and holds no {MANIFEST}: not replacing it")
+
+
+def _move_into_place(staged: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.is_dir() and any(out_dir.iterdir()):  # overwrite (checked before)
+        old = out_dir.with_name(f".{out_dir.name}.sedflow-old-{os.getpid()}")
+        os.replace(out_dir, old)
+    elif out_dir.is_dir():
+        out_dir.rmdir()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_ingested(out_dir, columns=None, **kwargs):
+    """Open an ingested catalog (either layout) as a ``dask.dataframe.DataFrame``.
+
+    Row layout: ``dd.read_parquet(f"{out}/part-*.parquet")``, partitions in input row order.
+    HATS layout: ``dd.read_parquet(f"{out}/dataset", dataset={"partitioning": None})``, one
+    partition per HEALPix pixel, with hats-import's extra ``_healpix_29`` column first.
+    """
+    import dask.dataframe as dd
+
+    out_dir = Path(out_dir)
+    if (out_dir / "hats.properties").is_file():
+        kwargs.setdefault("dataset", {"partitioning": None})
+        return dd.read_parquet(str(out_dir / "dataset"), columns=columns, **kwargs)
+    if not any(out_dir.glob("part-*.parquet")):
+        raise FileNotFoundError(f"{out_dir} holds neither part-*.parquet nor a HATS catalog")
+    return dd.read_parquet(str(out_dir / "part-*.parquet"), columns=columns, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+
+def format_summary(s: dict) -> str:
+    """A few human lines about an ingest summary."""
+    where = (f"{s['partitions']} HEALPix partitions at order {s['healpix_order']} (HATS)"
+             if s["layout"] == "hats" else f"{s['partitions']} partitions of <= {s['partition_rows']:,} rows")
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in s["flagged"].items())
+    return (f"ingested {s['input']['name']} ({s['spec']}): {s['rows_in']:,} rows in, {s['rows_out']:,} out, "
+            f"{where} under {s['out']} in {s['seconds']:.1f} s\n"
+            f"  flag_bad_input: {s['flag_bad_input']:,}, flag_quality: {s['flag_quality']:,} ({reasons})")
+
+
+def _ingest_command(args) -> int:
+    import sys
+
+    try:
+        s = ingest_catalog(args.input, args.spec, args.out, partition_rows=args.partition_rows,
+                           healpix_order=args.healpix_order, overwrite=args.overwrite, workers=args.workers,
+                           tmp_dir=args.tmp_dir)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"sedflow ingest: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(s))
+    return 0
+
+
+def add_ingest_parser(subparsers):
+    """Register ``sedflow ingest`` on an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "ingest", help="catalog -> partitioned Parquet (standard columns; rows or HATS)",
+        description="Read a FITS/CSV/Parquet catalog through its description and write the standard "
+                    "input form as partitioned Parquet; no row is dropped, bad values are flagged.")
+    p.add_argument("input", help="FITS, CSV or Parquet catalog")
+    p.add_argument("--spec", required=True, help="catalog description: name in catalogs/ or a YAML path")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--partition-rows", type=int, metavar="N",
+                        help=f"rows per part-NNNNN.parquet (default {DEFAULT_PARTITION_ROWS:,})")
+    layout.add_argument("--healpix-order", type=int, metavar="K",
+                        help="write a HATS catalog (Norder=K/Dir=D/Npix=N.parquet) with hats-import; needs ra/dec")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous ingest in --out")
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers for hats-import (default 2)")
+    p.add_argument("--tmp-dir", help="where the work directory goes (default: beside --out)")
+    p.set_defaults(func=_ingest_command)
+    return p

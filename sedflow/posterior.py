@@ -1,0 +1,234 @@
+"""The amortized posterior q(theta | x): density estimators, the model artifact, sampling.
+
+The flow models the 11-dim unconstrained coordinates u of `Prior` (so every sample maps
+back inside the prior), standardised, conditioned on x = (mag_u..mag_z, mag_err_u..mag_err_z,
+z), with log10 of the magnitude errors (they span three decades) and standardised
+(Hahn & Melchior 2022, Sec. 2.1 and 3.3). Estimators come from sbi's factory
+`sbi.neural_nets.posterior_nn`; no flow layer is written here.
+
+Architectures (`ARCHITECTURES`):
+
+* ``paper``: sbi MAF (nflows), 15 MADE transforms with 2 hidden layers of 500 units, as
+  SEDflow.
+* ``coupling`` (default): zuko MAF with ``passes=2``, i.e. an affine coupling flow, 5
+  transforms, 2 hidden layers of 64 units: sampling is one network pass instead of 11
+  sequential ones (see MODEL_CARD.md for the measured comparison).
+
+The artifact is a directory with ``weights.safetensors`` and ``config.json`` (architecture,
+x/theta definitions, standardisation, prior, noise model, training-data fingerprint,
+metrics, OOD thresholds, package versions, format version, sha256 of the weights). It loads
+without executing code, and a corrupted, tampered or incompatible artifact is refused.
+
+Example
+-------
+>>> post = load_model()                         # the shipped default
+>>> theta = post.sample(x, 1000, seed=0)        # x (n_gal, 11) -> (n_gal, 1000, 12)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
+from sedflow.sps.photometry import BANDS
+
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "X_NAMES", "FORMAT_VERSION", "build_estimator",
+           "PosteriorModel", "load_model", "save_model", "ArtifactError", "default_model_path"]
+
+FORMAT_VERSION = 1
+X_NAMES = tuple([f"mag_{b}" for b in BANDS] + [f"mag_err_{b}" for b in BANDS] + ["z"])
+ARCHITECTURES = {
+    "paper": {"model": "maf", "hidden_features": 500, "num_transforms": 15},
+    "coupling": {"model": "zuko_maf", "hidden_features": [64, 64], "num_transforms": 5, "passes": 2},
+}
+DEFAULT_ARCH = "coupling"
+WEIGHTS, CONFIG = "weights.safetensors", "config.json"
+
+
+class ArtifactError(ValueError):
+    """A model artifact that is missing, corrupted, tampered with or incompatible."""
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("sedflow") / "data" / "model"))
+
+
+def build_estimator(arch: str | dict):
+    """A fresh (untrained) sbi density estimator for 11-dim u given 11-dim x.
+
+    Standardisation is done outside the network (stored in the artifact), so sbi's
+    z-scoring is off and the network is fully determined by the architecture.
+    """
+    import warnings
+
+    import torch
+    from sbi.neural_nets import posterior_nn
+
+    kwargs = dict(ARCHITECTURES[arch]) if isinstance(arch, str) else dict(arch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unknown kwargs passed to ConditionalFlowConfig")
+        builder = posterior_nn(z_score_theta="none", z_score_x="none", **kwargs)
+        dummy = torch.zeros(2, len(UNCONSTRAINED_NAMES)), torch.zeros(2, len(X_NAMES))
+        return builder(*dummy)
+
+
+def x_features(x: np.ndarray) -> np.ndarray:
+    """x (n, 11) in X_NAMES order -> network features: log10 of the magnitude errors."""
+    x = np.asarray(x, dtype=np.float64)
+    f = x.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f[:, 5:10] = np.log10(x[:, 5:10])
+    return f
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("sedflow", "torch", "sbi", "zuko", "numpy", "ray"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class PosteriorModel:
+    """A trained amortized posterior (use `load_model` to get one)."""
+
+    def __init__(self, net, config: dict):
+        self.net = net.eval()
+        self.config = config
+        std = config["standardization"]
+        self.x_mean, self.x_std = np.array(std["x_mean"]), np.array(std["x_std"])
+        self.u_mean, self.u_std = np.array(std["u_mean"]), np.array(std["u_std"])
+        self.prior = Prior.from_dict(config["prior"])
+        self.arch = config["architecture"]["name"]
+
+    # ------------------------------------------------------------------ inputs
+    def _x_tensor(self, x):
+        import torch
+
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != len(X_NAMES):
+            raise ValueError(f"x must have shape (n_gal, {len(X_NAMES)}) ordered {list(X_NAMES)}, got {x.shape}")
+        f = x_features(x)
+        if not np.all(np.isfinite(f)):
+            bad = np.flatnonzero(~np.all(np.isfinite(f), axis=1))
+            raise ValueError(f"{bad.size} rows of x are NaN/inf or have mag_err <= 0 (rows {bad[:10].tolist()})")
+        return torch.as_tensor((f - self.x_mean) / self.x_std, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
+        """Draws of u (n_gal, n, 11) given x (n_gal, 11); chunks of about ``chunk_rows`` draws."""
+        import torch
+
+        xt = self._x_tensor(x)
+        n_gal = xt.shape[0]
+        out = np.empty((n_gal, n, len(UNCONSTRAINED_NAMES)), dtype=np.float64)
+        per_call = max(1, chunk_rows // max(n, 1))     # galaxies per call
+        draws = min(n, chunk_rows)                     # draws per galaxy per call
+        with torch.random.fork_rng(), torch.inference_mode():
+            torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+            for g in range(0, n_gal, per_call):
+                cond = xt[g:g + per_call]
+                for s in range(0, n, draws):
+                    k = min(draws, n - s)
+                    z = self.net.sample((k,), condition=cond)            # (k, n_cond, 11)
+                    out[g:g + per_call, s:s + k] = z.permute(1, 0, 2).double().numpy()
+        return out * self.u_std + self.u_mean
+
+    def sample(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
+        """Posterior draws theta (n_gal, n, 12) in the physical parameterisation (PARAM_NAMES order)."""
+        u = self.sample_unconstrained(x, n, seed=seed, chunk_rows=chunk_rows)
+        return self.prior.from_unconstrained(u.reshape(-1, u.shape[-1])).reshape(u.shape[0], n, -1)
+
+    def log_prob(self, theta, x) -> np.ndarray:
+        """log q(theta | x) per row (theta (m, 12) with x (m, 11) or one x (11,)), density over
+        the prior's 11 free coordinates (beta4 implied)."""
+        import torch
+
+        theta = self.prior.check(theta)
+        xt = self._x_tensor(x)
+        if xt.shape[0] == 1 and theta.shape[0] > 1:
+            xt = xt.expand(theta.shape[0], -1)
+        if xt.shape[0] != theta.shape[0]:
+            raise ValueError(f"theta has {theta.shape[0]} rows, x has {xt.shape[0]}")
+        out = np.full(theta.shape[0], -np.inf)
+        ok = self.prior.in_support(theta)
+        if ok.any():
+            u = (self.prior.to_unconstrained(theta[ok]) - self.u_mean) / self.u_std
+            with torch.inference_mode():
+                lp = self.net.log_prob(torch.as_tensor(u, dtype=torch.float32)[None], xt[ok])[0].double().numpy()
+            out[ok] = lp - np.sum(np.log(self.u_std)) + self.prior.log_abs_det_jacobian(theta[ok])
+        return out
+
+    @property
+    def names(self):
+        return PARAM_NAMES
+
+
+def save_model(path, net, config: dict) -> Path:
+    """Write an artifact directory (weights + JSON config with the weights' sha256), atomically per file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{WEIGHTS}.tmp{os.getpid()}"
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, path / WEIGHTS)
+    config = {**config, "format_version": FORMAT_VERSION, "kind": "sedflow.posterior",
+              "x_names": list(X_NAMES), "theta_names": list(PARAM_NAMES),
+              "u_names": list(UNCONSTRAINED_NAMES), "versions": _versions(),
+              "weights_sha256": _sha256(path / WEIGHTS)}
+    tmp = path / f".{CONFIG}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(config, indent=1))
+    os.replace(tmp, path / CONFIG)
+    return path
+
+
+def load_model(path=None) -> PosteriorModel:
+    """Load an artifact directory (default: the shipped model). Never unpickles anything."""
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else default_model_path()
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise ArtifactError(f"{path} is not a sedflow model: it needs {CONFIG} and {WEIGHTS}")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path / CONFIG} is not valid JSON: {e}") from e
+    if config.get("kind") != "sedflow.posterior":
+        raise ArtifactError(f"{path / CONFIG} is not a sedflow posterior config")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(f"{path} has artifact format {version}; this sedflow reads up to {FORMAT_VERSION} "
+                            "(upgrade sedflow)")
+    if list(config.get("x_names", [])) != list(X_NAMES) or list(config.get("theta_names", [])) != list(PARAM_NAMES):
+        raise ArtifactError(f"{path}: x/theta definitions differ from this sedflow's")
+    digest = _sha256(path / WEIGHTS)
+    if digest != config.get("weights_sha256"):
+        raise ArtifactError(f"{path / WEIGHTS} is corrupted or was modified: sha256 {digest[:12]}... does not match "
+                            f"the config's {str(config.get('weights_sha256'))[:12]}...")
+    net = build_estimator(config["architecture"]["kwargs"])
+    try:
+        net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: weights do not fit architecture {config['architecture']}: {e}") from e
+    return PosteriorModel(net, config)

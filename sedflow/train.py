@@ -1,0 +1,296 @@
+"""Train the amortized posterior with Ray Train (Hahn & Melchior 2022, Sec. 2.1, 3.3).
+
+``train(data_dir, out_dir)`` reads the simulator's Parquet shards, fixes a 90/10
+train/validation split by seed (per row, independent of the number of workers), computes
+the standardisation and out-of-distribution thresholds on the training rows (streaming, one
+shard at a time), then runs a Ray Train ``TorchTrainer`` (DDP over gloo, CPU workers; local
+Ray when no address is given). Each worker reads only its own rows (row index modulo the
+number of workers), shard by shard, so the data never has to fit one worker.
+
+Adam, lr 5e-4, batch 2048 by default; the loss is the negative log density of the
+standardised unconstrained parameters; early stopping when the validation loss has not
+improved for ``patience`` (20) epochs, keeping the best epoch. A checkpoint is reported to
+Ray Train every epoch; rerunning the same command resumes from the last one (Ray Train
+restores the run from ``OUT/ray_train``). Per-epoch metrics are printed and written to
+``OUT/metrics.json``; the artifact (`sedflow.posterior.save_model`) goes to ``OUT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH, X_NAMES, build_estimator, save_model, x_features
+from sedflow.prior import UNCONSTRAINED_NAMES
+from sedflow.sps.photometry import BANDS
+
+__all__ = ["train", "training_data", "COLOURS"]
+
+COLOURS = tuple(f"{a}-{b}" for a, b in zip(BANDS[:-1], BANDS[1:]))
+_COLUMNS = list(UNCONSTRAINED_NAMES) + list(X_NAMES)
+
+
+# ---------------------------------------------------------------------- data
+def training_data(data_dir) -> tuple[list[Path], dict, dict]:
+    """Shard paths, the simulation manifest and a fingerprint (rows + sha256 of the shard manifest)."""
+    import pyarrow.parquet as pq
+
+    data_dir = Path(data_dir)
+    shards = sorted(data_dir.glob("shard-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no simulation shards (shard-*.parquet) in {data_dir}")
+    manifest_path = data_dir / "_simulation.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    listing = []
+    for p in shards:
+        md = pq.read_metadata(p)
+        missing = [c for c in _COLUMNS if c not in md.schema.names]
+        if missing:
+            raise ValueError(f"{p} lacks columns {missing}: not a sedflow simulation shard")
+        listing.append({"file": p.name, "rows": md.num_rows, "bytes": p.stat().st_size})
+    digest = hashlib.sha256(json.dumps({"manifest": manifest, "shards": listing}, sort_keys=True).encode()).hexdigest()
+    return shards, manifest, {"rows": sum(s["rows"] for s in listing), "shards": len(listing),
+                              "manifest_sha256": digest, "directory": str(data_dir.resolve())}
+
+
+def _read_shard(path, k: int, seed: int, val_fraction: float):
+    """(u, x features, is_validation) of one shard; the split depends on (seed, shard) only."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=_COLUMNS)
+    u = np.column_stack([t.column(c).to_numpy() for c in UNCONSTRAINED_NAMES])
+    x = x_features(np.column_stack([t.column(c).to_numpy() for c in X_NAMES]))
+    val = np.random.default_rng([seed, k]).uniform(size=len(u)) < val_fraction
+    return u, x, val
+
+
+def _statistics(shards, seed: int, val_fraction: float, sample_rows: int = 200_000) -> dict:
+    """Standardisation and OOD thresholds from the training rows, one shard in memory at a time."""
+    n, su, su2, sx, sx2 = 0, 0.0, 0.0, 0.0, 0.0
+    keep = []
+    total = 0
+    for k, p in enumerate(shards):
+        u, x, val = _read_shard(p, k, seed, val_fraction)
+        u, x = u[~val], x[~val]
+        n += len(u)
+        su, su2 = su + u.sum(0), su2 + (u**2).sum(0)
+        sx, sx2 = sx + x.sum(0), sx2 + (x**2).sum(0)
+        keep.append(x)
+        total += len(x)
+        if total > 4 * sample_rows:   # bounded memory: thin what is kept
+            keep = [np.concatenate(keep)[::2]]
+            total = len(keep[0])
+    sub = np.concatenate(keep)
+    x_mean, x_std = sx / n, np.sqrt(np.maximum(sx2 / n - (sx / n) ** 2, 1e-24))
+    u_mean, u_std = su / n, np.sqrt(np.maximum(su2 / n - (su / n) ** 2, 1e-24))
+    mags = sub[:, :5]
+    colours = {c: np.percentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist() for i, c in enumerate(COLOURS)}
+    # Mahalanobis distance of standardised features: a simple out-of-support score for x
+    f = (sub - x_mean) / x_std
+    cov = np.cov(f, rowvar=False)
+    prec = np.linalg.inv(cov)
+    d2 = np.einsum("ij,jk,ik->i", f, prec, f)
+    return {
+        "rows_train": int(n),
+        "standardization": {"x_mean": x_mean.tolist(), "x_std": x_std.tolist(),
+                            "u_mean": u_mean.tolist(), "u_std": u_std.tolist()},
+        "ood": {"colour_percentiles_0p1_99p9": colours,
+                "z_range": [float(sub[:, 10].min()), float(sub[:, 10].max())],
+                "mahalanobis_precision": prec.tolist(),
+                "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))},
+    }
+
+
+# ---------------------------------------------------------------------- the worker loop
+def _nll_module(net):
+    import torch
+
+    class NegLogProb(torch.nn.Module):
+        """Wraps the estimator so DDP sees a forward() (and syncs its gradients)."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, u, x):
+            return -self.net.log_prob(u[None], x)[0]
+
+    return NegLogProb(net)
+
+
+def _train_loop(cfg: dict) -> None:
+    import torch
+    import torch.distributed as dist
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg["threads_per_worker"])
+    torch.manual_seed(cfg["seed"])
+    std = cfg["standardization"]
+    x_mean, x_std = np.array(std["x_mean"]), np.array(std["x_std"])
+    u_mean, u_std = np.array(std["u_mean"]), np.array(std["u_std"])
+
+    # this worker's rows: global row index % world == rank
+    parts, offset = {"train": [], "val": []}, 0
+    for k, p in enumerate(cfg["shards"]):
+        u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"])
+        mine = (offset + np.arange(len(u))) % world == rank
+        offset += len(u)
+        for name, sel in (("train", mine & ~val), ("val", mine & val)):
+            parts[name].append((((u[sel] - u_mean) / u_std).astype(np.float32),
+                                ((x[sel] - x_mean) / x_std).astype(np.float32)))
+    data = {k: tuple(torch.from_numpy(np.concatenate(a)) for a in zip(*v)) for k, v in parts.items()}
+
+    net = build_estimator(cfg["arch_kwargs"])
+    model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "history": [], "best_net": None}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            saved = torch.load(Path(d) / "state.pt", weights_only=True)
+        net.load_state_dict(saved["net"])
+        opt.load_state_dict(saved["optimizer"])
+        state = {k: saved[k] for k in state}
+
+    def all_reduce(values, op):
+        t = torch.tensor(values, dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    batch = max(1, cfg["batch_size"] // world)
+    u_tr, x_tr = data["train"]
+    n_batches = int(all_reduce([len(u_tr) // batch], dist.ReduceOp.MIN if world > 1 else None)[0])
+    if n_batches < 1:
+        raise ValueError(f"batch size {cfg['batch_size']} exceeds the training rows per worker ({len(u_tr)})")
+    while state["epoch"] < cfg["max_epochs"] and state["epoch"] - state["best_epoch"] < cfg["patience"]:
+        epoch = state["epoch"] + 1
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.from_numpy(np.random.default_rng([cfg["seed"], epoch, rank]).permutation(len(u_tr)))
+        total = 0.0
+        for b in range(n_batches):
+            idx = order[b * batch:(b + 1) * batch]
+            loss = model(u_tr[idx], x_tr[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        model.eval()
+        with torch.no_grad():
+            u_va, x_va = data["val"]
+            val_sum = float(sum(model(u_va[i:i + 65536], x_va[i:i + 65536]).sum().item()
+                                for i in range(0, len(u_va), 65536)))
+        train_loss, val_sum, val_n = all_reduce([total / n_batches, val_sum, len(u_va)], dist.ReduceOp.SUM
+                                                if world > 1 else None)
+        metrics = {"epoch": epoch, "train_loss": train_loss / world, "val_loss": val_sum / max(val_n, 1),
+                   "epoch_seconds": time.perf_counter() - t0, "workers": world}
+        state["epoch"] = epoch
+        state["history"].append(metrics)
+        if metrics["val_loss"] < state["best_val"]:
+            state["best_val"], state["best_epoch"] = metrics["val_loss"], epoch
+            state["best_net"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        metrics = {**metrics, "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"]}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save({"net": net.state_dict(), "optimizer": opt.state_dict(), **state}, Path(tmp) / "state.pt")
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                print(f"[sedflow train] epoch {epoch:4d}  train {metrics['train_loss']:.4f}  "
+                      f"val {metrics['val_loss']:.4f}  best {state['best_val']:.4f} (epoch {state['best_epoch']})  "
+                      f"{metrics['epoch_seconds']:.1f} s", flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+# ---------------------------------------------------------------------- driver
+def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_size: int = 2048,
+          max_epochs: int = 500, lr: float = 5e-4, patience: int = 20, seed: int = 0,
+          val_fraction: float = 0.1, address: str | None = None) -> dict:
+    """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
+
+    Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
+    """
+    import ray
+    import torch
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from sedflow.ray_utils import ray_session
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    if workers < 1 or batch_size < 1 or max_epochs < 1:
+        raise ValueError("workers, batch_size and max_epochs must be >= 1")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shards, manifest, fingerprint = training_data(data_dir)
+    t0 = time.perf_counter()
+    stats_path = out / "training_statistics.json"
+    if stats_path.exists():   # a resumed run must keep the standardisation of the original
+        stats = json.loads(stats_path.read_text())
+        if stats["fingerprint"] != fingerprint or stats["seed"] != seed:
+            raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
+    else:
+        stats = {**_statistics(shards, seed, val_fraction), "fingerprint": fingerprint, "seed": seed}
+        stats_path.write_text(json.dumps(stats))
+
+    with ray_session(address):
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        cfg = {"shards": [str(p.resolve()) for p in shards], "seed": seed, "val_fraction": val_fraction,
+               "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
+               "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
+               "threads_per_worker": max(1, cpus // workers)}
+        trainer = TorchTrainer(
+            _train_loop, train_loop_config=cfg,
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
+                                         resources_per_worker={"CPU": max(1, min(cpus // workers, cpus))}),
+            torch_config=TorchConfig(backend="gloo"),
+            run_config=RunConfig(name=f"sedflow-{arch}", storage_path=str(out / "ray_train"),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=True)
+
+    net = build_estimator(ARCHITECTURES[arch])
+    net.load_state_dict(state["best_net"])
+    n_params = sum(p.numel() for p in net.parameters())
+    history = state["history"]
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    config = {
+        "architecture": {"name": arch, "builder": "sbi.neural_nets.posterior_nn", "kwargs": ARCHITECTURES[arch],
+                         "parameters": n_params},
+        "x_definition": "mag_{ugriz} (AB, extinction-corrected), mag_err_{ugriz} = 1.0857 flux_err/flux, z; "
+                        "the network sees log10(mag_err); all standardised",
+        "theta_space": "Prior.to_unconstrained (11-dim, R^11), standardised",
+        "standardization": stats["standardization"],
+        "ood": stats["ood"],
+        "prior": manifest.get("prior"),
+        "noise_model": manifest.get("noise_model"),
+        "sed_model": manifest.get("sed_model"),
+        "simulation": manifest.get("config"),
+        "training_data": {**fingerprint, "rows_train": stats["rows_train"], "val_fraction": val_fraction,
+                          "split_seed": seed},
+        "training": {"optimizer": "Adam", "lr": lr, "batch_size": batch_size, "workers": workers,
+                     "max_epochs": max_epochs, "patience": patience, "epochs": state["epoch"],
+                     "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"],
+                     "wall_seconds_this_run": time.perf_counter() - t0},
+        "metrics": history,
+    }
+    if config["prior"] is None:
+        from sedflow.prior import Prior
+
+        config["prior"] = Prior().to_dict()
+    save_model(out, net, config)
+    return {"artifact": str(out), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+            "best_val_loss": state["best_val"], "final_train_loss": history[-1]["train_loss"],
+            "first_train_loss": history[0]["train_loss"], "parameters": n_params,
+            "seconds": time.perf_counter() - t0, "history": history}

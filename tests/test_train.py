@@ -1,0 +1,114 @@
+"""Training with Ray Train (1 and 2 workers), resume from checkpoint, and the model artifact."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sedflow.posterior import X_NAMES, ArtifactError, load_model
+from sedflow.prior import PARAM_NAMES
+from sedflow.simulate import SimulationConfig, run_simulation
+from sedflow.train import train
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory, ray_local, sed_model):
+    out = tmp_path_factory.mktemp("train_sims")
+    run_simulation(out, SimulationConfig(n=6000, shards=3, seed=1), model=sed_model, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(sims, tmp_path_factory):
+    """Two workers (DDP) for 2 epochs, then the same command resumed to 4 epochs with one worker."""
+    out = tmp_path_factory.mktemp("model")
+    first = train(sims, out, workers=2, max_epochs=2, batch_size=256)
+    second = train(sims, out, workers=1, max_epochs=4, batch_size=256)
+    return out, first, second
+
+
+def test_loss_decreases_and_resume_continues(trained):
+    out, first, second = trained
+    assert [h["epoch"] for h in first["history"]] == [1, 2]
+    assert [h["workers"] for h in first["history"]] == [2, 2]
+    # the second run continued from the saved epoch 2 instead of starting over
+    assert [h["epoch"] for h in second["history"]] == [1, 2, 3, 4]
+    assert second["history"][:2] == first["history"]
+    assert [h["workers"] for h in second["history"]][2:] == [1, 1]
+    losses = [h["val_loss"] for h in second["history"]]
+    assert losses[-1] < losses[0] - 0.3
+    assert second["history"][-1]["train_loss"] < second["history"][0]["train_loss"]
+    assert json.loads((out / "metrics.json").read_text()) == second["history"]
+
+
+def test_artifact_round_trip(trained, sims):
+    out, _, second = trained
+    post = load_model(out)
+    cfg = post.config
+    assert cfg["format_version"] == 1 and cfg["architecture"]["name"] == "coupling"
+    assert cfg["training_data"]["rows"] == 6000 and len(cfg["training_data"]["manifest_sha256"]) == 64
+    assert cfg["noise_model"]["kind"] == "sedflow.NoiseModel" and cfg["prior"]["names"] == list(PARAM_NAMES)
+    assert cfg["training"]["best_epoch"] == second["best_epoch"]
+    t = pq.read_table(sorted(sims.glob("shard-*.parquet"))[0]).to_pandas().iloc[:4]
+    x = t[list(X_NAMES)].to_numpy()
+    theta = post.sample(x, 500, seed=3)
+    assert theta.shape == (4, 500, 12)
+    assert post.prior.in_support(theta.reshape(-1, 12)).all()
+    np.testing.assert_array_equal(theta, post.sample(x, 500, seed=3))          # seeded
+    assert not np.array_equal(theta, post.sample(x, 500, seed=4))
+    lp = post.log_prob(t[list(PARAM_NAMES)].to_numpy(), x)
+    assert lp.shape == (4,) and np.all(np.isfinite(lp))
+    outside = t[list(PARAM_NAMES)].to_numpy().copy()
+    outside[:, 0] = 13.0
+    assert np.all(post.log_prob(outside, x) == -np.inf)
+    with pytest.raises(ValueError, match="shape"):
+        post.sample(x[:, :10], 10)
+    bad = x.copy()
+    bad[0, 6] = 0.0   # mag_err 0
+    with pytest.raises(ValueError, match="mag_err"):
+        post.sample(bad, 10)
+
+
+def test_log_prob_is_a_normalised_density(trained):
+    """Monte Carlo: E_q[1] over theta ~ q, via importance sampling from the prior, is ~1."""
+    out, _, _ = trained
+    post = load_model(out)
+    x = np.array([18.5, 17.2, 16.6, 16.3, 16.1, 0.06, 0.021, 0.02, 0.021, 0.032, 0.08])
+    theta = post.prior.sample(200000, seed=0)
+    w = np.exp(post.log_prob(theta, x) - post.prior.log_prob(theta))
+    assert w.mean() == pytest.approx(1.0, abs=0.15)
+
+
+def test_tampered_and_incompatible_artifacts_are_refused(trained, tmp_path):
+    out, _, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ray_train"))
+    load_model(copy)
+    raw = bytearray((copy / "weights.safetensors").read_bytes())
+    raw[-10] ^= 0xFF
+    (copy / "weights.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="corrupted or was modified"):
+        load_model(copy)
+    shutil.copy(out / "weights.safetensors", copy / "weights.safetensors")
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "format_version": 2}))
+    with pytest.raises(ArtifactError, match="format 2"):
+        load_model(copy)
+    (copy / "config.json").write_text(json.dumps({**cfg, "architecture": {**cfg["architecture"],
+                                                  "kwargs": {**cfg["architecture"]["kwargs"], "hidden_features": [32, 32]}}}))
+    with pytest.raises(ArtifactError, match="do not fit"):
+        load_model(copy)
+    (copy / "config.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="JSON"):
+        load_model(copy)
+    with pytest.raises(ArtifactError, match="not a sedflow model"):
+        load_model(tmp_path)
+
+
+def test_bad_training_requests(sims, tmp_path):
+    with pytest.raises(ValueError, match="unknown architecture"):
+        train(sims, tmp_path / "m", arch="transformer")
+    with pytest.raises(FileNotFoundError, match="no simulation shards"):
+        train(tmp_path, tmp_path / "m")
