@@ -155,8 +155,12 @@ def _bands_block(cols: dict, block: dict, nbands: int, what: str) -> np.ndarray:
     return arr
 
 
-def read_catalog(path, spec: CatalogSpec) -> tuple[pd.DataFrame, dict]:
-    """Read a catalog into the standard form; returns (frame, counts of flagged rows by reason)."""
+def read_catalog(path, spec: CatalogSpec, apply_floors: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Read a catalog into the standard form; returns (frame, counts of flagged rows by reason).
+
+    ``apply_floors``: add the description's magnitude-error floors in quadrature when the
+    survey has not (``floor_applied: false``); the noise-model fit reads raw errors instead.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"catalog {path} not found")
@@ -176,7 +180,7 @@ def read_catalog(path, spec: CatalogSpec) -> tuple[pd.DataFrame, dict]:
             a = _bands_block(cols, spec.extinction, nb, "extinction")
             factor = 10.0 ** (0.4 * np.where(np.isfinite(a), a, np.nan))
             flux, sigma = flux * factor, sigma * factor
-        if spec.mag_err_floor and not spec.floor_applied:
+        if apply_floors and spec.mag_err_floor and not spec.floor_applied:
             floor = np.array([spec.mag_err_floor[b] for b in spec.bands]) / MAG_ERR_PER_FRAC
             sigma = np.sqrt(sigma**2 + (floor * flux) ** 2)
     z = np.asarray(cols[spec.redshift], dtype=float)

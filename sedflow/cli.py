@@ -8,6 +8,8 @@
                      [--workers W]
     sedflow train DATA_DIR --out MODEL_DIR [--arch NAME] [--workers W] [--batch-size B] [--max-epochs E]
                   [--address RAY]
+    sedflow infer CATALOG_DIR --out OUT_DIR [--model DIR] [--samples N] [--keep-samples K]
+                  [--fallback mcmc] [--address DASK_SCHEDULER]
 """
 
 from __future__ import annotations
@@ -147,6 +149,43 @@ def _train(args) -> int:
     return 0
 
 
+def _infer(args) -> int:
+    from sedflow.infer import FLAGS, run_inference
+
+    mcmc = {"n_walkers": args.mcmc_walkers, "n_steps": args.mcmc_steps, "burn_in": args.mcmc_burn_in}
+    s = run_inference(args.catalog_dir, args.out, model_path=args.model, n_samples=args.samples,
+                      keep_samples=args.keep_samples, address=args.address, seed=args.seed,
+                      property_samples=args.property_samples, fallback=args.fallback,
+                      mcmc_options=mcmc if args.fallback else None, workers=args.workers, progress=not args.quiet)
+    flagged = ", ".join(f"{f[5:]} {100 * s['flagged_fraction'][f]:.1f}%" for f in FLAGS)
+    print(f"{s['galaxies']:,} galaxies in {s['partitions']} partitions ({s['partitions_skipped']} already done) "
+          f"-> {s['out']}; {s['seconds']:.1f} s, {s['galaxies_per_s']:,.1f} galaxies/s; flagged: {flagged}; "
+          f"methods: anpe {s['method_anpe']:,}, mcmc {s['method_mcmc']:,}, none {s['method_none']:,}")
+    return 0
+
+
+def _run(args) -> int:
+    from sedflow.main_job import run_main_job
+
+    run_main_job(args.out, n_samples=args.samples, address=args.address, workers=args.workers,
+                 progress=not args.quiet)
+    return 0
+
+
+def _validate(args) -> int:
+    from sedflow.validate import validate
+
+    m = validate(args.out, model_path=args.model, n_test=args.n_test, n_samples=args.samples, n_mcmc=args.mcmc,
+                 catalog=args.catalog, catalog_spec=args.spec,
+                 mcmc_options={"n_walkers": args.mcmc_walkers, "n_steps": args.mcmc_steps,
+                               "burn_in": args.mcmc_burn_in})
+    cal = m["calibration"]["passes"]
+    print(f"report: {Path(args.out) / 'report.md'}; SBC {'pass' if cal['sbc'] else 'FAIL'}, "
+          f"p-p {'pass' if cal['pp'] else 'FAIL'}"
+          + (f", MCMC agreement {'pass' if m['mcmc']['passes'] else 'FAIL'}" if "mcmc" in m else ""))
+    return 0 if all(cal.values()) and m.get("mcmc", {}).get("passes", True) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sedflow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,6 +235,45 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="train/validation split and initialisation seed")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")
     t.set_defaults(func=_train)
+
+    i = sub.add_parser("infer", help="posteriors for every galaxy of an ingested catalog (Dask)")
+    i.add_argument("catalog_dir", help="output of `sedflow ingest` (row partitions or HATS)")
+    i.add_argument("--out", required=True, help="output directory (one Parquet file per input partition)")
+    i.add_argument("--model", help="model artifact directory (default: the shipped model)")
+    i.add_argument("--samples", type=int, default=10000, help="posterior draws per galaxy (default 10000)")
+    i.add_argument("--keep-samples", type=int, default=0, help="draws per galaxy to store in the output")
+    i.add_argument("--property-samples", type=int, default=1000,
+                   help="draws per galaxy used for derived properties (default 1000)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--fallback", choices=["mcmc"], help="run zeus MCMC for valid but OOD-flagged galaxies")
+    i.add_argument("--mcmc-walkers", type=int, default=30)
+    i.add_argument("--mcmc-steps", type=int, default=10000)
+    i.add_argument("--mcmc-burn-in", type=int, default=2000)
+    i.add_argument("--address", help="Dask scheduler address (default: a local cluster)")
+    i.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=_infer)
+
+    v = sub.add_parser("validate", help="calibration, MCMC comparison and real-data report of a model")
+    v.add_argument("--out", required=True, help="report directory")
+    v.add_argument("--model", help="model artifact directory (default: the shipped model)")
+    v.add_argument("--n-test", type=int, default=1000, help="held-out simulations (default 1000)")
+    v.add_argument("--samples", type=int, default=10000, help="posterior draws each (default 10000)")
+    v.add_argument("--mcmc", type=int, default=50, help="galaxies compared with zeus MCMC (default 50)")
+    v.add_argument("--mcmc-walkers", type=int, default=30)
+    v.add_argument("--mcmc-steps", type=int, default=10000)
+    v.add_argument("--mcmc-burn-in", type=int, default=2000)
+    v.add_argument("--catalog", help="real catalog for flag fractions and chi^2 (default: the NSA rows in ../shared)")
+    v.add_argument("--spec", default="nsa", help="its catalog description (default nsa)")
+    v.set_defaults(func=_validate)
+
+    r = sub.add_parser("run", help="the main job on embedded defaults (SDSS sample -> posteriors)")
+    r.add_argument("--out", default="sedflow_run", help="output directory (default ./sedflow_run)")
+    r.add_argument("--samples", type=int, default=1000, help="posterior draws per galaxy (default 1000)")
+    r.add_argument("--address", help="Dask scheduler address (default: a local cluster)")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_run)
 
     s = sub.add_parser("simulate", help="simulate the training set into Parquet shards with Ray")
     s.add_argument("--n", type=int, default=PAPER_N, help=f"rows after cuts (default {PAPER_N:,}, the paper's)")

@@ -142,7 +142,9 @@ def fit_noise_model(catalog, spec, floors=None, bin_width: float = 0.25, min_cou
 
     Rows flagged ``flag_bad_input`` by `read_catalog` (non-finite or non-positive flux,
     ivar <= 0, NaN) are excluded and counted; bins with fewer than ``min_count`` galaxies
-    are dropped. ``floors`` (band -> mag) are stored in the model and added when sampling.
+    are dropped. The fit uses the survey's errors as reported (no floors added);
+    ``floors`` (band -> mag; default: the description's ``mag_err_floor``) are stored in
+    the model and added when sampling.
 
     Returns (model, report) where report counts rows used and excluded.
     """
@@ -150,7 +152,9 @@ def fit_noise_model(catalog, spec, floors=None, bin_width: float = 0.25, min_cou
     missing = [b for b in BANDS if b not in spec.bands]
     if missing:
         raise ValueError(f"catalog description {spec.name} lacks bands {missing}")
-    frame, counts = read_catalog(catalog, spec)
+    frame, counts = read_catalog(catalog, spec, apply_floors=False)
+    if floors is None and spec.mag_err_floor and not spec.floor_applied:
+        floors = dict(spec.mag_err_floor)
     good = ~frame["flag_bad_input"].to_numpy()
     if good.sum() < 2 * min_count:
         raise ValueError(f"{catalog}: only {good.sum()} usable rows (need >= {2 * min_count})")

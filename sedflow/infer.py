@@ -1,0 +1,301 @@
+"""Catalog-scale inference: posteriors, derived properties and quality flags for every galaxy.
+
+`infer_frame` does the work for one table in-process (checks -> batched sampling ->
+summaries -> derived properties); `run_inference` fans it over the partitions of an ingested
+catalog with Dask (``dask.dataframe.read_parquet`` + ``map_partitions``; a local cluster
+when no scheduler address is given), writing one Parquet file per input partition
+atomically, skipping partitions already finished.
+
+Flags (Hahn & Melchior 2022, Appendix A, generalised; thresholds stored in the model):
+
+``flag_bad_input``      non-finite or non-positive flux or error, ivar <= 0, z non-finite or
+                        outside the training range: not sampled, summaries null, row kept
+``flag_quality``        failed a quality cut of the catalog description (carried from ingest)
+``flag_sigma_ood``      sigma_mag > mu + 3 s of the noise model (floors added) in any band
+``flag_color_ood``      a colour (u-g, g-r, r-i, i-z) outside the 0.1-99.9 percentiles of
+                        the training set
+``flag_posterior_ood``  x outside the training distribution's support: Mahalanobis distance
+                        of the standardised features above the training set's 99.9th
+                        percentile (posterior samples always land inside the prior, so a
+                        flow extrapolating cannot be seen in them)
+
+``method`` is ``anpe``, ``mcmc`` (with ``--fallback mcmc``, for OOD-flagged, valid rows) or
+``none`` (bad input).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sedflow.catalog import MAG_ERR_PER_FRAC
+from sedflow.noise import NoiseModel
+from sedflow.posterior import X_NAMES, PosteriorModel, load_model, x_features
+from sedflow.prior import PARAM_NAMES
+from sedflow.sps.model import PROPERTY_NAMES
+from sedflow.sps.photometry import BANDS, nanomaggies_to_mag
+
+__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "output_schema", "galaxy_checks", "infer_frame", "run_inference"]
+
+FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
+SUMMARY_NAMES = tuple(PARAM_NAMES) + tuple(PROPERTY_NAMES)
+QUANTILES = {"p2p5": 2.5, "p16": 16.0, "p50": 50.0, "p84": 84.0, "p97p5": 97.5}
+STATS = ("mean", "std") + tuple(QUANTILES)
+MANIFEST = "_inference.json"
+
+
+def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc: bool = False) -> pa.Schema:
+    fields = [pa.field("id", id_type)]
+    fields += [pa.field(f"{n}_{s}", pa.float64()) for n in SUMMARY_NAMES for s in STATS]
+    fields += [pa.field(f, pa.bool_()) for f in FLAGS]
+    fields += [pa.field("method", pa.string())]
+    if mcmc:
+        fields += [pa.field("mcmc_converged", pa.bool_())]
+    if keep_samples:
+        fields += [pa.field("samples", pa.struct([pa.field(n, pa.list_(pa.float32())) for n in PARAM_NAMES]))]
+    return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples)})
+
+
+def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray, dict]:
+    """x (n, 11) in X_NAMES order and the flags of a standard-form frame (see module docstring)."""
+    flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy(dtype=float)
+    err = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy(dtype=float)
+    z = frame["z"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = nanomaggies_to_mag(flux)
+        mag_err = MAG_ERR_PER_FRAC * err / flux
+    x = np.column_stack([mag, mag_err, z])
+    ood = post.config["ood"]
+    zlo, zhi = ood["z_range"]
+    with np.errstate(invalid="ignore"):
+        bad = (~np.all(np.isfinite(x), axis=1) | np.any(flux <= 0, axis=1) | np.any(err <= 0, axis=1)
+               | (z < zlo) | (z > zhi))
+    if "flag_bad_input" in frame:
+        bad |= frame["flag_bad_input"].to_numpy(dtype=bool)
+    good = ~bad
+    flags = {"flag_bad_input": bad,
+             "flag_quality": frame["flag_quality"].to_numpy(dtype=bool) if "flag_quality" in frame
+             else np.zeros(len(frame), bool)}
+    noise = NoiseModel.from_dict(post.config["noise_model"])
+    sigma_ood = np.zeros(len(frame), bool)
+    sigma_ood[good] = np.any(mag_err[good] > noise.sigma_threshold(mag[good]), axis=1)
+    colour_ood = np.zeros(len(frame), bool)
+    for i, (lo, hi) in enumerate(ood["colour_percentiles_0p1_99p9"].values()):
+        c = mag[good, i] - mag[good, i + 1]
+        colour_ood[good] |= (c < lo) | (c > hi)
+    post_ood = np.zeros(len(frame), bool)
+    if good.any():
+        f = (x_features(x[good]) - post.x_mean) / post.x_std
+        d2 = np.einsum("ij,jk,ik->i", f, np.asarray(ood["mahalanobis_precision"]), f)
+        post_ood[good] = d2 > ood["mahalanobis_d2_99p9"]
+    flags.update(flag_sigma_ood=sigma_ood, flag_color_ood=colour_ood, flag_posterior_ood=post_ood)
+    return x, flags
+
+
+def _summaries(values: np.ndarray) -> dict:
+    """values (n_gal, n_draws) -> {stat: (n_gal,)}."""
+    q = np.percentile(values, list(QUANTILES.values()), axis=1)
+    out = {"mean": values.mean(axis=1), "std": values.std(axis=1)}
+    out.update({k: q[i] for i, k in enumerate(QUANTILES)})
+    return out
+
+
+def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int = 10000, keep_samples: int = 0,
+                seed=0, property_samples: int = 1000, fallback: str | None = None,
+                mcmc_options: dict | None = None) -> pa.Table:
+    """Posterior summaries for every row of a standard-form frame, as a Table of `output_schema`."""
+    n = len(frame)
+    if frame["id"].duplicated().any():
+        raise ValueError("duplicated ids in the input partition: ids must be unique")
+    x, flags = galaxy_checks(frame, post)
+    good = ~flags["flag_bad_input"]
+    method = np.where(good, "anpe", "none").astype(object)
+    ood = flags["flag_sigma_ood"] | flags["flag_color_ood"] | flags["flag_posterior_ood"]
+    use_mcmc = good & ood if fallback == "mcmc" else np.zeros(n, bool)
+    method[use_mcmc] = "mcmc"
+    anpe_seq, mcmc_seed, prop_seed = np.random.SeedSequence(seed).spawn(3)
+    anpe_seed = int(anpe_seq.generate_state(1)[0])
+
+    cols = {"id": frame["id"].to_numpy()}
+    summ = {f"{name}_{s}": np.full(n, np.nan) for name in SUMMARY_NAMES for s in STATS}
+    draws = np.full((n, max(keep_samples, 0), len(PARAM_NAMES)), np.nan, dtype=np.float32)
+    converged = np.full(n, None, dtype=object)
+
+    def record(rows, theta, z):
+        """theta (k, n_draws, 12) for rows (k,) -> summaries, derived properties, kept draws."""
+        for j, name in enumerate(PARAM_NAMES):
+            for s, v in _summaries(theta[:, :, j]).items():
+                summ[f"{name}_{s}"][rows] = v
+        m = min(property_samples, theta.shape[1])
+        pick = np.random.default_rng(prop_seed).choice(theta.shape[1], size=m, replace=False) \
+            if m < theta.shape[1] else np.arange(m)
+        sub = theta[:, pick].reshape(-1, theta.shape[-1])
+        props = sed.properties(sub, np.repeat(z, m))
+        for name in PROPERTY_NAMES:
+            for s, v in _summaries(props[name].reshape(len(rows), m)).items():
+                summ[f"{name}_{s}"][rows] = v
+        if keep_samples:
+            draws[rows] = theta[:, :keep_samples].astype(np.float32)
+
+    rows = np.flatnonzero(good & ~use_mcmc)
+    if rows.size:
+        theta = post.sample(x[rows], n_samples, seed=anpe_seed)
+        record(rows, theta, x[rows, 10])
+    if use_mcmc.any():
+        from sedflow.mcmc import run_mcmc
+
+        flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy(dtype=float)
+        err = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy(dtype=float)
+        for i, child in zip(np.flatnonzero(use_mcmc), mcmc_seed.spawn(int(use_mcmc.sum()))):
+            res = run_mcmc(flux[i], err[i], x[i, 10], model=sed, prior=post.prior,
+                           seed=int(child.generate_state(1)[0]), **(mcmc_options or {}))
+            s = res.samples
+            k = np.random.default_rng(child).choice(len(s), size=min(n_samples, len(s)), replace=False)
+            record(np.array([i]), s[k][None], x[i:i + 1, 10])
+            converged[i] = bool(res.converged)
+
+    cols.update(summ)
+    cols.update(flags)
+    cols["method"] = method
+    id_type = pa.string() if frame["id"].dtype == object else pa.int64()
+    schema = output_schema(id_type, keep_samples, mcmc=fallback == "mcmc")
+    if fallback == "mcmc":
+        cols["mcmc_converged"] = converged
+    arrays = [pa.array(cols[f.name], type=f.type, from_pandas=True) for f in schema if f.name != "samples"]
+    if keep_samples:
+        lists = [pa.ListArray.from_arrays(np.arange(0, n * keep_samples + 1, keep_samples, dtype=np.int32),
+                                          pa.array(draws[:, :, j].ravel(), pa.float32()))
+                 for j in range(len(PARAM_NAMES))]
+        struct = pa.StructArray.from_arrays(lists, fields=list(schema.field("samples").type),
+                                            mask=pa.array(~good))
+        arrays.append(struct)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ---------------------------------------------------------------------- the Dask edge
+@functools.lru_cache(maxsize=4)
+def _worker_models(model_path: str | None):
+    """One posterior and one SED model per worker process."""
+    import torch
+
+    from sedflow.sps.model import SEDModel
+
+    torch.set_num_threads(1)
+    post = load_model(model_path)
+    return post, SEDModel.default()
+
+
+def _part_path(out_dir: Path, number: int) -> Path:
+    return out_dir / f"part-{number:05d}.parquet"
+
+
+def _complete(path: Path, n_rows: int) -> bool:
+    try:
+        return path.is_file() and pq.read_metadata(path).num_rows == n_rows
+    except Exception:
+        return False
+
+
+def _infer_partition(frame: pd.DataFrame, cfg: dict, partition_info=None) -> pd.DataFrame:
+    """map_partitions body: infer one input partition, write it atomically, return its counts."""
+    number = partition_info["number"] if partition_info else 0
+    path = _part_path(Path(cfg["out"]), number)
+    counts = {"partition": number, "rows": len(frame), "seconds": 0.0, "skipped": True}
+    if not _complete(path, len(frame)):
+        t0 = time.perf_counter()
+        post, sed = _worker_models(cfg["model"])
+        table = infer_frame(frame.reset_index(drop=True), post, sed, n_samples=cfg["n_samples"],
+                            keep_samples=cfg["keep_samples"], seed=[cfg["seed"], number],
+                            property_samples=cfg["property_samples"], fallback=cfg["fallback"],
+                            mcmc_options=cfg["mcmc_options"])
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        counts.update(seconds=time.perf_counter() - t0, skipped=False)
+    t = pq.read_table(path, columns=list(FLAGS) + ["method"])
+    for f in FLAGS:
+        counts[f] = int(np.sum(t.column(f).to_numpy()))
+    for m in ("anpe", "mcmc", "none"):
+        counts[f"method_{m}"] = int(np.sum(t.column("method").to_numpy(zero_copy_only=False) == m))
+    return pd.DataFrame([counts])
+
+
+def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000, keep_samples: int = 0,
+                  address: str | None = None, seed: int = 0, property_samples: int = 1000,
+                  fallback: str | None = None, mcmc_options: dict | None = None, workers: int = 2,
+                  progress: bool = True) -> dict:
+    """Infer every galaxy of an ingested catalog; returns a summary dict (also ``_summary.json``)."""
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm.auto import tqdm
+
+    from sedflow.ingest import read_ingested
+
+    if fallback not in (None, "mcmc"):
+        raise ValueError(f"--fallback must be 'mcmc' or absent, got {fallback!r}")
+    if n_samples < 1 or keep_samples < 0 or keep_samples > n_samples:
+        raise ValueError("need n_samples >= 1 and 0 <= keep_samples <= n_samples")
+    post = load_model(model_path)       # validate the artifact before starting any cluster
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {"model": str(Path(model_path).resolve()) if model_path else None,
+           "model_sha256": post.config["weights_sha256"], "catalog": str(Path(catalog_dir).resolve()),
+           "n_samples": n_samples, "keep_samples": keep_samples, "seed": seed,
+           "property_samples": property_samples, "fallback": fallback, "mcmc_options": mcmc_options or {},
+           "out": str(out)}
+    mpath = out / MANIFEST
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if {k: v for k, v in old.items() if k != "out"} != {k: v for k, v in cfg.items() if k != "out"}:
+            raise ValueError(f"{out} holds inference with other settings ({mpath}); use a new --out")
+    else:
+        mpath.write_text(json.dumps(cfg, indent=1))
+    for stale in out.glob(".part-*.tmp*"):
+        stale.unlink()
+
+    ddf = read_ingested(catalog_dir)
+    meta = pd.DataFrame({"partition": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64"),
+                         "seconds": pd.Series(dtype="float64"), "skipped": pd.Series(dtype="bool"),
+                         **{f: pd.Series(dtype="int64") for f in FLAGS},
+                         **{f"method_{m}": pd.Series(dtype="int64") for m in ("anpe", "mcmc", "none")}})
+    counts = ddf.map_partitions(_infer_partition, cfg, meta=meta)
+    t0 = time.perf_counter()
+    own = None
+    if address:
+        client = Client(address)
+    else:
+        with dask.config.set({"distributed.worker.daemon": False}):
+            own = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+        client = Client(own)
+    try:
+        futures = client.compute(counts.to_delayed())
+        parts = []
+        with tqdm(total=len(futures), desc="infer", unit="partition", disable=not progress) as bar:
+            for fut in as_completed(futures):
+                parts.append(fut.result())
+                bar.update(1)
+    finally:
+        client.close()
+        if own is not None:
+            own.close()
+    table = pd.concat(parts).sort_values("partition")
+    elapsed = time.perf_counter() - t0
+    done = table[~table["skipped"]]
+    rows = int(table["rows"].sum())
+    summary = {"galaxies": rows, "partitions": int(len(table)), "partitions_skipped": int(table["skipped"].sum()),
+               "seconds": elapsed, "galaxies_per_s": float(done["rows"].sum() / elapsed) if elapsed else 0.0,
+               **{f: int(table[f].sum()) for f in FLAGS},
+               **{f"method_{m}": int(table[f"method_{m}"].sum()) for m in ("anpe", "mcmc", "none")},
+               "flagged_fraction": {f: float(table[f].sum() / rows) if rows else 0.0 for f in FLAGS},
+               "out": str(out)}
+    (out / "_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,224 @@
+"""Validation report of a trained posterior (Hahn & Melchior 2022, Sec. 5, Figs. 2-4).
+
+``validate(out_dir)`` writes ``metrics.json``, ``report.md`` and PNG figures:
+
+1. Calibration on ``n_test`` held-out simulations drawn exactly as the training set (same
+   prior, SED model and noise model; a fresh seed): SBC rank histograms, p-p plot, coverage
+   and TARP (`sedflow.diagnostics`), with the acceptance thresholds of the project (every
+   parameter SBC KS p > 0.01, max p-p deviation < 0.05).
+2. ANPE vs MCMC (zeus, same forward model and prior) on ``n_mcmc`` of those galaxies:
+   per-parameter |difference of medians| / MCMC sigma, ratio of widths, wall times, and a
+   corner overlay with photometry and both best-fit SEDs (paper Fig. 2).
+3. Real data (NSA rows of ``../shared/data/nsa_lcs`` or ``catalog``): flagged fractions by
+   reason and the chi^2 of the best-fit SED per galaxy (paper Sec. 6.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sedflow.diagnostics import calibration_report, plot_pp, plot_rank_histograms, plot_tarp, sbc_ranks, tarp
+from sedflow.noise import NoiseModel
+from sedflow.posterior import X_NAMES, load_model
+from sedflow.prior import PARAM_NAMES
+from sedflow.sps.photometry import BANDS
+
+__all__ = ["held_out_simulations", "validate", "THRESHOLDS"]
+
+THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
+
+
+def held_out_simulations(post, sed, n: int, seed: int) -> dict:
+    """Simulations drawn as the training set was, with a fresh seed: theta, x, flux, flux_err, z."""
+    from sedflow.simulate import simulate_rows
+
+    cfg = post.config.get("simulation") or {}
+    noise = NoiseModel.from_dict(post.config["noise_model"])
+    cols, _ = simulate_rows(sed, noise, post.prior, n, np.random.default_rng(seed),
+                            z_min=cfg.get("z_min", 0.0), z_max=cfg.get("z_max", 0.2))
+    return {"theta": np.column_stack([cols[p] for p in PARAM_NAMES]),
+            "x": np.column_stack([cols[c] for c in X_NAMES]),
+            "flux": np.column_stack([cols[f"flux_{b}"] for b in BANDS]),
+            "flux_err": np.column_stack([cols[f"flux_err_{b}"] for b in BANDS]),
+            "z": cols["z"]}
+
+
+def _best_fit_chi2(sed, theta, flux, flux_err, z):
+    """chi^2 of the best posterior draw per galaxy: theta (n, k, 12) -> (n,), best theta (n, 12)."""
+    n, k, _ = theta.shape
+    model = sed.photometry(theta.reshape(-1, 12), np.repeat(z, k)).reshape(n, k, -1)
+    chi2 = np.sum(((model - flux[:, None]) / flux_err[:, None]) ** 2, axis=2)
+    best = np.argmin(chi2, axis=1)
+    return chi2[np.arange(n), best], theta[np.arange(n), best]
+
+
+def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out):
+    from sedflow.mcmc import run_mcmc
+
+    rows, t_anpe, t_mcmc = [], [], []
+    keep = {}
+    for i in range(n_mcmc):
+        t0 = time.perf_counter()
+        a = post.sample(sims["x"][i:i + 1], n_samples, seed=seed + i)[0]
+        t_anpe.append(time.perf_counter() - t0)
+        res = run_mcmc(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed, prior=post.prior,
+                       seed=seed + i, **(mcmc_options or {}))
+        t_mcmc.append(res.seconds)
+        m = res.samples
+        sig = np.maximum(np.std(m, axis=0), 1e-12)
+        rows.append({"offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
+                     "width_ratio": (np.std(a, 0) / sig).tolist(), "converged": bool(res.converged)})
+        if i == 0:
+            keep = {"anpe": a, "mcmc": m, "mcmc_best": res.best_theta}
+    offset = np.array([r["offset"] for r in rows])
+    ratio = np.array([r["width_ratio"] for r in rows])
+    _plot_overlay(post, sed, sims, keep, out / "anpe_vs_mcmc.png")
+    return {"n": n_mcmc, "converged": int(sum(r["converged"] for r in rows)),
+            "median_abs_offset_over_sigma": dict(zip(PARAM_NAMES, np.median(offset, 0).tolist())),
+            "median_width_ratio": dict(zip(PARAM_NAMES, np.median(ratio, 0).tolist())),
+            "anpe_seconds_per_galaxy": float(np.mean(t_anpe)), "mcmc_seconds_per_galaxy": float(np.mean(t_mcmc))}
+
+
+def _plot_overlay(post, sed, sims, keep, path):
+    """Corner overlay (ANPE vs MCMC) for one galaxy, with its photometry and best-fit SEDs."""
+    import corner
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = [0, 5, 6, 10, 11]
+    names = [PARAM_NAMES[i] for i in idx]
+    fig = corner.corner(keep["mcmc"][:, idx], labels=names, color="k", truths=sims["theta"][0, idx],
+                        hist_kwargs={"density": True}, plot_datapoints=False)
+    corner.corner(keep["anpe"][:, idx], fig=fig, color="C0", hist_kwargs={"density": True}, plot_datapoints=False)
+    ax = fig.add_axes([0.62, 0.68, 0.34, 0.28])
+    z = sims["z"][0]
+    chi2, best = _best_fit_chi2(sed, keep["anpe"][None, :500], sims["flux"][:1], sims["flux_err"][:1], sims["z"][:1])
+    for theta, colour, label in ((best[0], "C0", "ANPE best fit"), (keep["mcmc_best"], "k", "MCMC best fit")):
+        wave, lum = sed.spectrum(theta[None], z)
+        ax.loglog(wave * (1 + z), lum[0] * wave, color=colour, lw=0.8, label=label)
+    flux = sed.photometry(keep["mcmc_best"][None], z)[0]
+    lum_scale = (lum[0] * wave)[np.searchsorted(wave * (1 + z), 6200)] / flux[2]
+    centres = np.array([3551, 4686, 6166, 7480, 8932])
+    ax.errorbar(centres, sims["flux"][0] * lum_scale, sims["flux_err"][0] * lum_scale, fmt="o", color="C3",
+                label="photometry")
+    ax.set(xlabel="observed wavelength [A]", ylabel="lambda L_lambda (arb.)")
+    ax.legend(fontsize=6)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _real_data(post, sed, catalog, spec, n_samples, seed):
+    from sedflow.catalog import read_catalog
+    from sedflow.infer import FLAGS, galaxy_checks
+
+    frame, _ = read_catalog(catalog, spec)
+    x, flags = galaxy_checks(frame, post)
+    good = ~flags["flag_bad_input"]
+    theta = post.sample(x[good], n_samples, seed=seed)
+    flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy()[good]
+    err = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy()[good]
+    chi2, _ = _best_fit_chi2(sed, theta[:, :min(n_samples, 200)], flux, err, x[good, 10])
+    return {"catalog": str(catalog), "rows": int(len(frame)),
+            "flagged_fraction": {f: float(np.mean(flags[f])) for f in FLAGS},
+            "any_ood_fraction": float(np.mean(flags["flag_sigma_ood"] | flags["flag_color_ood"]
+                                              | flags["flag_posterior_ood"])),
+            "best_fit_chi2_percentiles_16_50_84": np.percentile(chi2, [16, 50, 84]).tolist(),
+            "best_fit_chi2_5_dof_p95": 11.07}, chi2
+
+
+def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
+             catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, mcmc_options: dict | None = None) -> dict:
+    """Write the validation report to ``out_dir``; returns the metrics dict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sedflow.sps.model import SEDModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    post = load_model(model_path)
+    sed = SEDModel.default()
+    metrics = {"model": str(model_path or "shipped"), "architecture": post.config["architecture"],
+               "n_test": n_test, "n_samples": n_samples, "seed": seed, "thresholds": THRESHOLDS}
+
+    sims = held_out_simulations(post, sed, n_test, seed)
+    t0 = time.perf_counter()
+    samples = post.sample(sims["x"], n_samples, seed=seed)
+    metrics["anpe_sampling_seconds"] = time.perf_counter() - t0
+    cal = calibration_report(samples, sims["theta"], names=list(PARAM_NAMES))
+    params = cal["parameters"]
+    cal["passes"] = {
+        "sbc": all(p["sbc_ks_pvalue"] > THRESHOLDS["sbc_ks_pvalue_min"] for p in params.values()),
+        "pp": all(p["max_pp_deviation"] < THRESHOLDS["max_pp_deviation_max"] for p in params.values())}
+    metrics["calibration"] = cal
+    plot_pp(samples, sims["theta"], list(PARAM_NAMES), out / "pp.png")
+    plot_rank_histograms(sbc_ranks(samples, sims["theta"]), n_samples, list(PARAM_NAMES), out / "sbc_ranks.png")
+    plot_tarp(tarp(samples, sims["theta"], seed=seed), out / "tarp.png")
+
+    if n_mcmc > 0:
+        mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out)
+        mc["passes"] = all(v < THRESHOLDS["mcmc_median_offset_max"] for v in mc["median_abs_offset_over_sigma"].values())
+        metrics["mcmc"] = mc
+
+    if catalog is None:
+        nsa = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsa_lcs" / "nsa_v0_1_2_lcs_subset.fits"
+        catalog = nsa if nsa.exists() else None
+    if catalog is not None:
+        real, chi2 = _real_data(post, sed, catalog, catalog_spec, min(n_samples, 1000), seed)
+        metrics["real_data"] = real
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.hist(np.clip(chi2, 0, 100), bins=50, histtype="step")
+        ax.axvline(11.07, color="k", ls=":", label="chi2(5 dof) 95%")
+        ax.set(xlabel="best-fit chi^2 (5 bands)", ylabel="galaxies", title=Path(catalog).name)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "real_chi2.png", dpi=100)
+        plt.close(fig)
+
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "report.md").write_text(_report_md(metrics))
+    return metrics
+
+
+def _report_md(m: dict) -> str:
+    cal = m["calibration"]
+    lines = [f"# sedflow validation report", "",
+             f"Model: `{m['model']}` ({m['architecture']['name']}, {m['architecture'].get('parameters', '?')} "
+             f"parameters). {m['n_test']} held-out simulations x {m['n_samples']} draws, seed {m['seed']}.", "",
+             "## Calibration", "",
+             f"SBC (every KS p > {m['thresholds']['sbc_ks_pvalue_min']}): **{'pass' if cal['passes']['sbc'] else 'FAIL'}**; "
+             f"p-p (max deviation < {m['thresholds']['max_pp_deviation_max']}): **{'pass' if cal['passes']['pp'] else 'FAIL'}**; "
+             f"TARP ATC {cal['tarp_atc']:+.3f} (KS p {cal['tarp_ks_pvalue']:.2f}).", "",
+             "| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", "|---|---|---|---|---|"]
+    for name, p in cal["parameters"].items():
+        lines.append(f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
+                     f"{p['coverage_95']:.3f} |")
+    lines += ["", "![p-p](pp.png) ![ranks](sbc_ranks.png) ![tarp](tarp.png)", ""]
+    if "mcmc" in m:
+        mc = m["mcmc"]
+        lines += ["## ANPE vs MCMC (zeus)", "",
+                  f"{mc['n']} galaxies ({mc['converged']} MCMC runs converged); ANPE {mc['anpe_seconds_per_galaxy']:.3f} s "
+                  f"vs MCMC {mc['mcmc_seconds_per_galaxy']:.1f} s per galaxy. Median |d median| / sigma < "
+                  f"{m['thresholds']['mcmc_median_offset_max']}: **{'pass' if mc['passes'] else 'FAIL'}**.", "",
+                  "| parameter | median abs offset / sigma | median width ratio |", "|---|---|---|"]
+        for name in PARAM_NAMES:
+            lines.append(f"| {name} | {mc['median_abs_offset_over_sigma'][name]:.3f} | "
+                         f"{mc['median_width_ratio'][name]:.2f} |")
+        lines += ["", "![overlay](anpe_vs_mcmc.png)", ""]
+    if "real_data" in m:
+        r = m["real_data"]
+        lines += ["## Real data", "", f"`{r['catalog']}`: {r['rows']} rows.", "",
+                  "| flag | fraction |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in r["flagged_fraction"].items()]
+        lo, med, hi = r["best_fit_chi2_percentiles_16_50_84"]
+        lines += ["", f"Best-fit chi^2 (5 bands): median {med:.1f} (16-84%: {lo:.1f}-{hi:.1f}).", "",
+                  "![chi2](real_chi2.png)", ""]
+    return "\n".join(lines)
