@@ -137,7 +137,8 @@ class Populations:
     mass : (n, 43) formed mass per unit total formed mass (rows sum to 1).
     age : (n, 43) population ages [Gyr] (bin mid-points; the burst's is t_burst).
     metallicity : (n, 43) absolute Z.
-    truncated_bin : (n,) index of the bin that contains t_age (bins above it are empty).
+    truncated_bin : (n,) index of the bin that contains t_age. Bins above it are empty
+        (mass 0, age t_age; their metallicity is not meaningful).
     """
 
     mass: np.ndarray
@@ -166,11 +167,13 @@ def populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> Populat
     n = theta.shape[0]
     betas, fburst, tburst, gamma = theta[:, 1:5], theta[:, 5], theta[:, 6], theta[:, 7:9]
 
-    edges = np.minimum(LOOKBACK_EDGES[None, :], tage[:, None])        # (n, 43), truncated
+    fixed = _fixed_edge_tables(bases)
+    beyond = LOOKBACK_EDGES[None, :] >= tage[:, None]                   # edges truncated to t_age
     itrunc = np.clip(np.searchsorted(LOOKBACK_EDGES, tage, side="left") - 1, 0, N_BINS - 1)
-    mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
-
-    nmf_mass = _nmf_mass_fraction(bases.cumulative_sfh(edges), betas)   # (n, 42)
+    rows = np.arange(n)
+    # cumulative basis integrals at the truncated edges: fixed values below t_age, C(t_age) above
+    cum_edges = np.where(beyond[None], bases.cumulative_sfh(tage)[:, :, None], fixed["cum"][:, None, :])
+    nmf_mass = _nmf_mass_fraction(cum_edges, betas)                     # (n, 42)
     has_burst = tburst < tage
     fb = np.where(has_burst, fburst, 0.0)
 
@@ -178,10 +181,27 @@ def populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> Populat
     mass[:, :N_BINS] = (1.0 - fb)[:, None] * nmf_mass
     mass[:, N_BINS] = fb
     age = np.empty_like(mass)
-    age[:, :N_BINS] = mid
+    age[:, :N_BINS] = np.where(beyond[:, 1:], tage[:, None], fixed["mid"][None, :])
+    age[rows, itrunc] = 0.5 * (LOOKBACK_EDGES[itrunc] + tage)           # mid-point of the truncated bin
     age[:, N_BINS] = tburst
-    metallicity = _zh(gamma, bases.zh_at(age))
+    # ZH bases: tabulated at the fixed mid-points, evaluated only where the age is free
+    zb = np.broadcast_to(fixed["zh_mid"][:, None, :], (2, n, N_BINS)).copy()
+    free = np.stack([age[rows, itrunc], tburst], axis=1)                # (n, 2)
+    zfree = bases.zh_at(free)                                           # (2, n, 2)
+    zb[:, rows, itrunc] = zfree[:, :, 0]
+    zb = np.concatenate([zb, zfree[:, :, 1:]], axis=2)                  # burst column
+    metallicity = _zh(gamma, zb)
     return Populations(mass=mass, age=age, metallicity=metallicity, truncated_bin=itrunc)
+
+
+def _fixed_edge_tables(bases: NMFBases) -> dict:
+    """Basis values that do not depend on the galaxy: cumulative SFH at the 43 edges, ZH at the 42 mid-points."""
+    tables = getattr(bases, "_fixed", None)
+    if tables is None:
+        mid = 0.5 * (LOOKBACK_EDGES[1:] + LOOKBACK_EDGES[:-1])
+        tables = {"cum": bases.cumulative_sfh(LOOKBACK_EDGES), "mid": mid, "zh_mid": bases.zh_at(mid)}
+        object.__setattr__(bases, "_fixed", tables)
+    return tables
 
 
 def formed_mass_fraction(theta: np.ndarray, tage: np.ndarray, bases: NMFBases, dt: float) -> np.ndarray:
