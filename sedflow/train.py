@@ -29,7 +29,7 @@ from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH, X_NAMES, build_estima
 from sedflow.prior import UNCONSTRAINED_NAMES
 from sedflow.sps.photometry import BANDS
 
-__all__ = ["train", "training_data", "COLOURS"]
+__all__ = ["train", "training_data", "ood_thresholds", "COLOURS"]
 
 COLOURS = tuple(f"{a}-{b}" for a, b in zip(BANDS[:-1], BANDS[1:]))
 _COLUMNS = list(UNCONSTRAINED_NAMES) + list(X_NAMES)
@@ -88,22 +88,44 @@ def _statistics(shards, seed: int, val_fraction: float, sample_rows: int = 200_0
     sub = np.concatenate(keep)
     x_mean, x_std = sx / n, np.sqrt(np.maximum(sx2 / n - (sx / n) ** 2, 1e-24))
     u_mean, u_std = su / n, np.sqrt(np.maximum(su2 / n - (su / n) ** 2, 1e-24))
-    mags = sub[:, :5]
-    colours = {c: np.percentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist() for i, c in enumerate(COLOURS)}
-    # Mahalanobis distance of standardised features: a simple out-of-support score for x
-    f = (sub - x_mean) / x_std
-    cov = np.cov(f, rowvar=False)
-    prec = np.linalg.inv(cov)
-    d2 = np.einsum("ij,jk,ik->i", f, prec, f)
     return {
         "rows_train": int(n),
         "standardization": {"x_mean": x_mean.tolist(), "x_std": x_std.tolist(),
                             "u_mean": u_mean.tolist(), "u_std": u_std.tolist()},
-        "ood": {"colour_percentiles_0p1_99p9": colours,
-                "z_range": [float(sub[:, 10].min()), float(sub[:, 10].max())],
-                "mahalanobis_precision": prec.tolist(),
-                "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))},
+        "ood": ood_thresholds(sub, x_mean, x_std),
     }
+
+
+def ood_thresholds(features: np.ndarray, x_mean, x_std, bin_width: float = 0.25, min_count: int = 100) -> dict:
+    """Out-of-distribution thresholds from training x features (log10 mag_err), stored in the artifact.
+
+    * sigma: per band, the 99.9th percentile of log10 sigma_mag in magnitude bins of the
+      *simulated* x (the paper's mu + 3 s of the noise model, measured where floors and flux
+      noise are already included, so the training set itself is flagged at ~0.1% per band).
+    * colours: 0.1 and 99.9 percentiles of u-g, g-r, r-i, i-z.
+    * z range, and the Mahalanobis distance of standardised features (99.9th percentile).
+    """
+    mags, log_err = features[:, :5], features[:, 5:10]
+    sigma = {}
+    for j, b in enumerate(BANDS):
+        edges = np.arange(np.floor(mags[:, j].min() / bin_width) * bin_width, mags[:, j].max() + bin_width, bin_width)
+        idx = np.digitize(mags[:, j], edges) - 1
+        centres, p999 = [], []
+        for k in range(edges.size - 1):
+            e = log_err[idx == k, j]
+            if e.size >= min_count:
+                centres.append(0.5 * (edges[k] + edges[k + 1]))
+                p999.append(float(np.percentile(e, 99.9)))
+        sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999}
+    f = (features - x_mean) / x_std
+    prec = np.linalg.inv(np.cov(f, rowvar=False))
+    d2 = np.einsum("ij,jk,ik->i", f, prec, f)
+    return {"sigma_mag_p99p9": sigma,
+            "colour_percentiles_0p1_99p9": {c: np.percentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist()
+                                            for i, c in enumerate(COLOURS)},
+            "z_range": [float(features[:, 10].min()), float(features[:, 10].max())],
+            "mahalanobis_precision": prec.tolist(),
+            "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
 
 
 # ---------------------------------------------------------------------- the worker loop
@@ -240,7 +262,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
             raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
     else:
         stats = {**_statistics(shards, seed, val_fraction), "fingerprint": fingerprint, "seed": seed}
-        stats_path.write_text(json.dumps(stats))
+        stats_path.write_text(json.dumps({k: v for k, v in stats.items() if k != "ood"}))
 
     with ray_session(address):
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -260,6 +282,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=True)
 
+    if "ood" not in stats:   # resumed run: the thresholds are recomputed, not cached
+        stats["ood"] = _statistics(shards, seed, val_fraction)["ood"]
     net = build_estimator(ARCHITECTURES[arch])
     net.load_state_dict(state["best_net"])
     n_params = sum(p.numel() for p in net.parameters())
