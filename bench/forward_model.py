@@ -91,6 +91,19 @@ def resampling_cost(n=200, redshifts=(0.02, 0.05, 0.1, 0.2), seed=1):
             "max_abs_dmag": dict(zip(BANDS, dmag.max(axis=0).tolist()))}
 
 
+def run(quick=False, provabgs_dir=DEFAULT_PROVABGS):
+    """Entry point of the suite (`python -m bench`): the throughput part as a dict with table rows."""
+    n = 20_000 if quick else 100_000
+    res = {"n": n, **throughput(n, provabgs_dir)}
+    rates = res["rates"]
+    res["rows"] = [{"measure": f"SEDModel.photometry, {t} thread(s)", "value": r, "unit": "gal/s",
+                    "peer": "PROVABGS emulator" if "emulator" in rates else None,
+                    "peer_value": rates.get("emulator", {}).get(t),
+                    "ratio": r / rates["emulator"][t] if "emulator" in rates else None}
+                   for t, r in rates["sedflow"].items()]
+    return res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000, help="prior draws for the timings")
