@@ -8,6 +8,9 @@
                      [--workers W]
     sedflow train DATA_DIR --out MODEL_DIR [--arch NAME] [--workers W] [--batch-size B] [--max-epochs E]
                   [--address RAY]
+    sedflow mcmc --flux F F F F F --flux-err E E E E E --z Z [--walkers 30] [--steps 10000] [--burn-in 2000]
+    sedflow validate --out REPORT_DIR [--model MODEL_DIR] [--n-test 1000] [--samples 10000] [--mcmc 50]
+    sedflow run [--out DIR]                                the main job on embedded defaults
     sedflow infer CATALOG_DIR --out OUT_DIR [--model DIR] [--samples N] [--keep-samples K]
                   [--fallback mcmc] [--address DASK_SCHEDULER]
 """
@@ -220,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sedflow.simulate import PAPER_N
 
     add_ingest_parser(sub)
+
+    from sedflow.mcmc import add_mcmc_parser
+
+    add_mcmc_parser(sub)
 
     from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH
 
