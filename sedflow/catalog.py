@@ -39,18 +39,10 @@ def catalog_spec_dir() -> Path:
 
 
 def kcorrect_sample_path() -> Path:
-    """The 10,000-galaxy SDSS test sample shipped in the ``kcorrect`` wheel (found without importing it)."""
-    import importlib.metadata
+    """The 10,000-galaxy SDSS test sample shipped in the ``kcorrect`` wheel (kcorrect/data/test/)."""
+    from sedflow._resources import distribution_file
 
-    try:
-        dist = importlib.metadata.distribution("kcorrect")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise FileNotFoundError("the example SDSS catalog comes from the 'kcorrect' package: "
-                                "pip install kcorrect==5.1.9") from e
-    for f in dist.files or ():
-        if f.name == "gst_tests_small.fits":
-            return Path(dist.locate_file(f))
-    raise FileNotFoundError("kcorrect is installed but data/test/gst_tests_small.fits is missing")
+    return distribution_file("kcorrect", "gst_tests_small.fits", "the example SDSS catalog", "kcorrect==5.1.9")
 
 
 def file_sha256(path) -> str:

