@@ -4,7 +4,12 @@
 summaries -> derived properties); `run_inference` fans it over the partitions of an ingested
 catalog with Dask (``dask.dataframe.read_parquet`` + ``map_partitions``; a local cluster
 when no scheduler address is given), writing one Parquet file per input partition
-atomically, skipping partitions already finished.
+atomically, skipping partitions already finished. The output has the input's layout:
+``part-NNNNN.parquet`` for row partitions; for a HATS input a HATS catalog (`sedflow.hats_output`):
+each partition at its input pixel's path ``dataset/Norder=k/Dir=d/Npix=n.parquet`` with
+``_healpix_29``, ``ra``, ``dec`` first, and the HATS metadata (``_metadata``, ``_common_metadata``,
+``partition_info.csv``, ``hats.properties``) written by ``hats`` at the end, so that
+``lsdb.read_hats(out)`` opens it.
 
 Flags (Hahn & Melchior 2022, Appendix A, generalised; thresholds stored in the model):
 
@@ -38,6 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sedflow import hats_output
 from sedflow.catalog import MAG_ERR_PER_FRAC
 from sedflow.posterior import X_NAMES, PosteriorModel, load_model, x_features
 from sedflow.prior import PARAM_NAMES
@@ -213,18 +219,35 @@ def _complete(path: Path, n_rows: int) -> bool:
         return False
 
 
-def _infer_partition(frame: pd.DataFrame, cfg: dict, partition_info=None) -> pd.DataFrame:
-    """map_partitions body: infer one input partition, write it atomically, return its counts."""
+def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
+                     partition_info=None) -> pd.DataFrame:
+    """map_partitions body: infer one input partition, write it atomically, return its counts.
+
+    ``layout`` is None for row partitions (output ``part-{number}``), else `hats_output.input_layout`
+    of the HATS input (output at the partition's own pixel, found from its spatial index).
+    """
     number = partition_info["number"] if partition_info else 0
-    path = _part_path(Path(cfg["out"]), number)
-    counts = {"partition": number, "rows": len(frame), "seconds": 0.0, "skipped": True}
+    counts = {"partition": number, "rows": len(frame), "seconds": 0.0, "skipped": True, "Norder": -1, "Npix": -1}
+    if layout is None:
+        path, seed = _part_path(Path(cfg["out"]), number), [cfg["seed"], number]
+    elif len(frame) == 0:           # no pixel, nothing to write (hats-import writes no empty pixels)
+        return pd.DataFrame([counts | {f: 0 for f in FLAGS} | {f"method_{m}": 0 for m in ("anpe", "mcmc", "none")}])
+    else:
+        order, pixel = hats_output.partition_pixel(frame[layout["healpix"]].to_numpy(), layout["pixels"],
+                                                   layout["healpix_order"])
+        path, seed = hats_output.pixel_path(cfg["out"], order, pixel), [cfg["seed"], order, pixel]
+        counts.update(Norder=order, Npix=pixel)
     if not _complete(path, len(frame)):
         t0 = time.perf_counter()
         post, sed = _worker_models(cfg["model"])
-        table = infer_frame(frame.reset_index(drop=True), post, sed, n_samples=cfg["n_samples"],
-                            keep_samples=cfg["keep_samples"], seed=[cfg["seed"], number],
+        frame = frame.reset_index(drop=True)
+        table = infer_frame(frame, post, sed, n_samples=cfg["n_samples"],
+                            keep_samples=cfg["keep_samples"], seed=seed,
                             property_samples=cfg["property_samples"], fallback=cfg["fallback"],
                             mcmc_options=cfg["mcmc_options"])
+        if layout is not None:
+            table = hats_output.with_position_columns(table, frame, layout)
+            path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
@@ -267,15 +290,21 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
             raise ValueError(f"{out} holds inference with other settings ({mpath}); use a new --out")
     else:
         mpath.write_text(json.dumps(cfg, indent=1))
-    for stale in out.glob(".part-*.tmp*"):
-        stale.unlink()
+    for pattern in (".part-*.tmp*", "dataset/Norder=*/Dir=*/.Npix=*.tmp*"):
+        for stale in out.glob(pattern):
+            stale.unlink()
 
-    ddf = read_ingested(catalog_dir)
+    if (Path(catalog_dir) / "hats.properties").is_file():     # HATS in, HATS out
+        layout = hats_output.input_layout(catalog_dir)
+        ddf = read_ingested(catalog_dir, split_row_groups=False)  # one Dask partition per pixel file
+    else:
+        layout, ddf = None, read_ingested(catalog_dir)
     meta = pd.DataFrame({"partition": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64"),
                          "seconds": pd.Series(dtype="float64"), "skipped": pd.Series(dtype="bool"),
+                         "Norder": pd.Series(dtype="int64"), "Npix": pd.Series(dtype="int64"),
                          **{f: pd.Series(dtype="int64") for f in FLAGS},
                          **{f"method_{m}": pd.Series(dtype="int64") for m in ("anpe", "mcmc", "none")}})
-    counts = ddf.map_partitions(_infer_partition, cfg, meta=meta)
+    counts = ddf.map_partitions(_infer_partition, cfg, layout, meta=meta)
     t0 = time.perf_counter()
     own = None
     if address:
@@ -298,6 +327,14 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
             own.close()
     table = pd.concat(parts).sort_values("partition")
     elapsed = time.perf_counter() - t0
+    if layout is not None:
+        written = table[table["rows"] > 0]
+        pixels = list(zip(written["Norder"].tolist(), written["Npix"].tolist()))
+        if len(set(pixels)) != len(pixels):
+            raise RuntimeError("two input partitions wrote the same HATS pixel")
+        hats_output.write_hats_metadata(out, pixels, layout, rows=int(table["rows"].sum()),
+                                        max_rows=int(written["rows"].max()) if len(written) else 0,
+                                        obs_title="sedflow posterior catalog")
     done = table[~table["skipped"]]
     rows = int(table["rows"].sum())
     summary = {"galaxies": rows, "partitions": int(len(table)), "partitions_skipped": int(table["skipped"].sum()),

@@ -129,3 +129,45 @@ def test_shipped_model_on_real_nsa_rows(tmp_path):
     print(f"\nNSA: flagged {s['flagged_fraction']}; logM*_surv - log MASS(h=0.7): median {diff.median():+.3f}, "
           f"std {diff.std():.3f}, corr {np.corrcoef(good['logmstar_surv_p50'][ok], logm_nsa[ok])[0, 1]:.3f}")
     assert abs(diff.median()) < 0.3 and np.corrcoef(good["logmstar_surv_p50"][ok], logm_nsa[ok])[0, 1] > 0.8
+
+
+def test_hats_input_gives_a_hats_posterior_catalog(tmp_path):
+    """HATS in, HATS out: each pixel of the input at the same path, and lsdb.read_hats opens the result."""
+    lsdb = pytest.importorskip("lsdb")
+    src = shared_path("nsa_lcs", "nsa_v0_1_2_lcs_subset.fits")
+    t = Table.read(src, hdu=1)[::57]            # 60 rows over 6 pixels at order 2
+    t[["NSAID", "RA", "DEC", "Z", "NMGY", "NMGY_IVAR", "EXTINCTION"]].write(tmp_path / "nsa60.fits")
+    ingest_catalog(tmp_path / "nsa60.fits", "nsa", tmp_path / "in", healpix_order=2)
+    out = tmp_path / "post"
+    kw = dict(n_samples=100, property_samples=20, workers=1, progress=False)
+    s = run_inference(tmp_path / "in", out, **kw)
+    assert s["galaxies"] == 60 and s["partitions"] == 6 and s["partitions_skipped"] == 0
+
+    def pixel_files(d):
+        return sorted(p.relative_to(d) for p in (d / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+
+    assert pixel_files(out) == pixel_files(tmp_path / "in") and not list(out.glob("part-*"))
+    cat = lsdb.read_hats(out)
+    info = cat.hc_structure.catalog_info
+    assert info.catalog_type == "object" and (info.ra_column, info.dec_column) == ("ra", "dec")
+    assert info.total_rows == 60
+    inp = lsdb.read_hats(tmp_path / "in")
+    assert cat.get_healpix_pixels() == inp.get_healpix_pixels()
+    d = cat.compute()
+    assert len(d) == 60 and d["id"].is_unique and set(d["id"]) == set(t["NSAID"].astype(np.int64))
+    summaries = [f"{n}_{st}" for n in SUMMARY_NAMES for st in STATS]
+    assert set(summaries + list(FLAGS) + ["method", "ra", "dec"]) <= set(d.columns)
+    good = d[d["method"] == "anpe"]
+    assert len(good) > 50 and np.isfinite(good[summaries].to_numpy(dtype=float)).all()
+    # every row keeps its input position and spatial index (the index lsdb reads)
+    i = inp.compute().reset_index().set_index("id")
+    o = d.reset_index().set_index("id").loc[i.index]
+    np.testing.assert_array_equal(o["_healpix_29"], i["_healpix_29"])
+    np.testing.assert_array_equal(o[["ra", "dec"]], i[["ra", "dec"]])
+    # spatial operations work on the posterior catalog
+    row = d.iloc[0]
+    assert row["id"] in set(cat.cone_search(row["ra"], row["dec"], radius_arcsec=1.0).compute()["id"])
+    # a rerun skips every partition and leaves the same catalog
+    again = run_inference(tmp_path / "in", out, **kw)
+    assert again["partitions_skipped"] == 6 and again["galaxies"] == 60
+    pd.testing.assert_frame_equal(lsdb.read_hats(out).compute(), d)
