@@ -122,13 +122,18 @@ def test_shipped_model_on_real_nsa_rows(tmp_path):
     assert len(d) == 3418 and d["id"].is_unique and s["galaxies"] == 3418
     nsa = fits.getdata(src, 1)
     mass = pd.Series(nsa["MASS"].astype(float), index=nsa["NSAID"].astype(np.int64))
-    good = d[(d["method"] == "anpe")].set_index("id")
+    # galaxies the model vouches for: sampled, and inside the training distribution on every check
+    clean = (d["method"] == "anpe") & ~(d["flag_sigma_ood"] | d["flag_color_ood"] | d["flag_posterior_ood"])
+    good = d[clean].set_index("id")
     logm_nsa = np.log10(mass.loc[good.index] / 0.7**2)    # NSA masses are for h = 1
     ok = np.isfinite(logm_nsa)
     diff = good["logmstar_surv_p50"][ok] - logm_nsa[ok]
-    print(f"\nNSA: flagged {s['flagged_fraction']}; logM*_surv - log MASS(h=0.7): median {diff.median():+.3f}, "
-          f"std {diff.std():.3f}, corr {np.corrcoef(good['logmstar_surv_p50'][ok], logm_nsa[ok])[0, 1]:.3f}")
-    assert abs(diff.median()) < 0.3 and np.corrcoef(good["logmstar_surv_p50"][ok], logm_nsa[ok])[0, 1] > 0.8
+    corr = np.corrcoef(good["logmstar_surv_p50"][ok], logm_nsa[ok])[0, 1]
+    print(f"\nNSA: flagged {s['flagged_fraction']}; {int(ok.sum())} unflagged galaxies: logM*_surv - "
+          f"log MASS(h=0.7) median {diff.median():+.3f}, NMAD {1.4826 * (diff - diff.median()).abs().median():.3f}, "
+          f"corr {corr:.3f}")
+    assert ok.sum() > 0.5 * len(d)
+    assert abs(diff.median()) < 0.3 and corr > 0.8
 
 
 def test_hats_input_gives_a_hats_posterior_catalog(tmp_path):
