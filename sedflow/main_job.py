@@ -53,6 +53,7 @@ def _figures(table, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sedflow.posterior import load_model
     from sedflow.prior import PARAM_NAMES
     from sedflow.sps.model import SEDModel
     from sedflow.sps.photometry import BANDS
@@ -72,12 +73,13 @@ def _figures(table, out: Path) -> None:
     plt.close(fig)
 
     row = table[ok & ~ood].iloc[0]
-    theta = np.column_stack([np.asarray(row["samples"][n], dtype=float) for n in PARAM_NAMES])
+    flux = np.array([row[f"flux_{b}"] for b in BANDS])
+    err = np.array([row[f"flux_err_{b}"] for b in BANDS])
+    x = np.concatenate([22.5 - 2.5 * np.log10(flux), 2.5 / np.log(10) * err / flux, [row["z"]]])
+    theta = load_model().sample(x[None], 5000, seed=0)[0]     # more draws than are kept, for smooth contours
     idx = [0, 5, 6, 10, 11]
     fig = corner.corner(theta[:, idx], labels=[PARAM_NAMES[i] for i in idx], plot_datapoints=False)
     sed = SEDModel.default()
-    flux = np.array([row[f"flux_{b}"] for b in BANDS])
-    err = np.array([row[f"flux_err_{b}"] for b in BANDS])
     model = sed.photometry(theta, row["z"])
     best = theta[np.argmin(np.sum(((model - flux) / err) ** 2, axis=1))]
     wave, lum = sed.spectrum(best[None], row["z"])
