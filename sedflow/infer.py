@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from sedflow import hats_output
 from sedflow.catalog import MAG_ERR_PER_FRAC
-from sedflow.posterior import X_NAMES, PosteriorModel, load_model, x_features
+from sedflow.posterior import PosteriorModel, load_model, x_features
 from sedflow.prior import PARAM_NAMES
 from sedflow.sps.model import PROPERTY_NAMES
 from sedflow.sps.photometry import BANDS, nanomaggies_to_mag

@@ -231,7 +231,7 @@ class Prior:
         # logit: du/ds = 1 / (s (1 - s)); box -> s: 1 / (hi - lo)
         lj = np.sum(-np.log(s) - np.log1p(-s) - np.log(self._hi - self._lo), axis=1)
         # Triangular map (b1, b2, b3) -> (z1, z2, z3): product of diagonal terms.
-        b1, b2, b3 = theta[:, 1], theta[:, 2], theta[:, 3]
+        b1, b2 = theta[:, 1], theta[:, 2]
         r1 = 1 - b1            # 1 - f1
         r2 = 1 - b1 - b2       # (1 - f1)(1 - f2)
         # z1 = 1 - r1^3               -> dz1/db1 = 3 r1^2

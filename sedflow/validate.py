@@ -190,7 +190,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
 
 def _report_md(m: dict) -> str:
     cal = m["calibration"]
-    lines = [f"# sedflow validation report", "",
+    lines = ["# sedflow validation report", "",
              f"Model: `{m['model']}` ({m['architecture']['name']}, {m['architecture'].get('parameters', '?')} "
              f"parameters). {m['n_test']} held-out simulations x {m['n_samples']} draws, seed {m['seed']}.", "",
              "## Calibration", "",

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sedflow.noise import NoiseModel
-from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
+from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES
 from sedflow.simulate import SIM_SCHEMA, SimulationConfig, run_simulation, shard_counts, shard_path, simulate_rows
 
 CONFIG = SimulationConfig(n=600, shards=2, seed=7)

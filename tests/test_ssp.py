@@ -4,7 +4,6 @@ the cache, and the Ray fan-out of the FSPS path."""
 import numpy as np
 import pytest
 
-from sedflow.sps import ssp as ssp_mod
 from sedflow.sps.ssp import SSPGrid, bc03_miles, fsps_grid, read_bc03_miles
 
 
