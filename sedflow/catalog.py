@@ -162,12 +162,10 @@ def read_catalog(path, spec: CatalogSpec, apply_floors: bool = True) -> tuple[pd
     err_raw = _bands_block(cols, spec.flux_error, nb, "flux_error")
     n = flux.shape[0]
     with np.errstate(divide="ignore", invalid="ignore"):
+        bad_err = ~np.isfinite(err_raw) | (err_raw <= 0)
+        sigma = np.where(bad_err, np.nan, err_raw)
         if spec.flux_error.get("kind", "ivar") == "ivar":
-            bad_err = ~np.isfinite(err_raw) | (err_raw <= 0)
-            sigma = np.where(bad_err, np.nan, 1.0 / np.sqrt(np.where(bad_err, 1.0, err_raw)))
-        else:
-            bad_err = ~np.isfinite(err_raw) | (err_raw <= 0)
-            sigma = np.where(bad_err, np.nan, err_raw)
+            sigma = 1.0 / np.sqrt(sigma)
         if spec.extinction and not spec.extinction.get("applied", False):
             a = _bands_block(cols, spec.extinction, nb, "extinction")
             factor = 10.0 ** (0.4 * np.where(np.isfinite(a), a, np.nan))
