@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sedflow.storage import cli_path
+
 
 def _demo(args) -> int:
     import pyarrow as pa
@@ -200,23 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--z-min", type=float, default=0.01)
     d.add_argument("--z-max", type=float, default=0.2)
     d.add_argument("--show", type=int, default=10, help="rows to print")
-    d.add_argument("--out", default="demo_out", help="output directory (default ./demo_out)")
+    d.add_argument("--out", type=cli_path, default="demo_out", help="output directory (default ./demo_out)")
     d.set_defaults(func=_demo)
 
     noise = sub.add_parser("noise", help="empirical noise model").add_subparsers(dest="noise_command", required=True)
     f = noise.add_parser("fit", help="fit sigma_mag(m) per band from a catalog")
-    f.add_argument("catalog", help="FITS, CSV or Parquet catalog")
+    f.add_argument("catalog", type=cli_path, help="FITS, CSV or Parquet catalog")
     f.add_argument("--spec", required=True, help="catalog description: name in catalogs/ or a YAML path")
-    f.add_argument("--out", required=True, help="output JSON file")
+    f.add_argument("--out", type=cli_path, required=True, help="output JSON file")
     f.add_argument("--floor", action="append", metavar="BAND=MAG", help="magnitude-error floor, repeatable")
     f.add_argument("--nsa-floors", action="store_true", help="NSA's floors: u 0.05, g r i 0.02, z 0.03 mag")
     f.add_argument("--bin-width", type=float, default=0.25, help="magnitude bin width (default 0.25)")
     f.add_argument("--min-count", type=int, default=10, help="fewest galaxies per bin (default 10)")
     f.set_defaults(func=_noise_fit)
     c = noise.add_parser("check", help="compare a noise model's sigma(m) with a catalog's")
-    c.add_argument("catalog")
+    c.add_argument("catalog", type=cli_path)
     c.add_argument("--spec", required=True)
-    c.add_argument("--model", help="noise model JSON (default: the shipped one)")
+    c.add_argument("--model", type=cli_path, help="noise model JSON (default: the shipped one)")
     c.set_defaults(func=_noise_check)
 
     from sedflow.ingest import add_ingest_parser
@@ -231,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH
 
     t = sub.add_parser("train", help="train the amortized posterior with Ray Train")
-    t.add_argument("data_dir", help="directory of simulation shards (sedflow simulate --out)")
-    t.add_argument("--out", required=True, help="model artifact directory (rerun to resume)")
+    t.add_argument("data_dir", type=cli_path, help="directory of simulation shards (sedflow simulate --out)")
+    t.add_argument("--out", type=cli_path, required=True, help="model artifact directory (rerun to resume)")
     t.add_argument("--arch", default=DEFAULT_ARCH, choices=sorted(ARCHITECTURES))
     t.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     t.add_argument("--batch-size", type=int, default=2048)
@@ -244,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     i = sub.add_parser("infer", help="posteriors for every galaxy of an ingested catalog (Dask)")
-    i.add_argument("catalog_dir", help="output of `sedflow ingest` (row partitions or HATS)")
-    i.add_argument("--out", required=True, help="output directory (one Parquet file per input partition)")
-    i.add_argument("--model", help="model artifact directory (default: the shipped model)")
+    i.add_argument("catalog_dir", type=cli_path, help="output of `sedflow ingest` (row partitions or HATS)")
+    i.add_argument("--out", type=cli_path, required=True, help="output directory (one Parquet file per input partition)")
+    i.add_argument("--model", type=cli_path, help="model artifact directory (default: the shipped model)")
     i.add_argument("--samples", type=int, default=10000, help="posterior draws per galaxy (default 10000)")
     i.add_argument("--keep-samples", type=int, default=0, help="draws per galaxy to store in the output")
     i.add_argument("--property-samples", type=int, default=1000,
@@ -262,20 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_infer)
 
     v = sub.add_parser("validate", help="calibration, MCMC comparison and real-data report of a model")
-    v.add_argument("--out", required=True, help="report directory")
-    v.add_argument("--model", help="model artifact directory (default: the shipped model)")
+    v.add_argument("--out", type=cli_path, required=True, help="report directory")
+    v.add_argument("--model", type=cli_path, help="model artifact directory (default: the shipped model)")
     v.add_argument("--n-test", type=int, default=1000, help="held-out simulations (default 1000)")
     v.add_argument("--samples", type=int, default=10000, help="posterior draws each (default 10000)")
     v.add_argument("--mcmc", type=int, default=50, help="galaxies compared with zeus MCMC (default 50)")
     v.add_argument("--mcmc-walkers", type=int, default=30)
     v.add_argument("--mcmc-steps", type=int, default=10000)
     v.add_argument("--mcmc-burn-in", type=int, default=2000)
-    v.add_argument("--catalog", help="real catalog for flag fractions and chi^2 (default: the NSA rows in ../shared)")
+    v.add_argument("--catalog", type=cli_path, help="real catalog for flag fractions and chi^2 (default: the NSA rows in ../shared)")
     v.add_argument("--spec", default="nsa", help="its catalog description (default nsa)")
     v.set_defaults(func=_validate)
 
     r = sub.add_parser("run", help="the main job on embedded defaults (SDSS sample -> posteriors)")
-    r.add_argument("--out", default="sedflow_run", help="output directory (default ./sedflow_run)")
+    r.add_argument("--out", type=cli_path, default="sedflow_run", help="output directory (default ./sedflow_run)")
     r.add_argument("--samples", type=int, default=1000, help="posterior draws per galaxy (default 1000)")
     r.add_argument("--address", help="Dask scheduler address (default: a local cluster)")
     r.add_argument("--workers", type=int, default=2)
@@ -284,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="simulate the training set into Parquet shards with Ray")
     s.add_argument("--n", type=int, default=PAPER_N, help=f"rows after cuts (default {PAPER_N:,}, the paper's)")
-    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--out", type=cli_path, required=True, help="output directory")
     s.add_argument("--shards", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--z-min", type=float, default=0.0)

@@ -319,7 +319,12 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
         parts = []
         with tqdm(total=len(futures), desc="infer", unit="partition", disable=not progress) as bar:
             for fut in as_completed(futures):
-                parts.append(fut.result())
+                try:
+                    parts.append(fut.result())
+                except Exception as e:  # e.g. KilledWorker: the task was lost too many times
+                    raise RuntimeError(
+                        f"a partition failed on the Dask cluster ({type(e).__name__}: {e}); the finished "
+                        f"partitions are kept in {out}: rerun the same command to resume") from e
                 bar.update(1)
     finally:
         client.close()

@@ -69,6 +69,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sedflow.catalog import CatalogSpec, file_sha256, read_catalog
+from sedflow.storage import cli_path
 
 __all__ = [
     "ingest_catalog",
@@ -442,9 +443,9 @@ def add_ingest_parser(subparsers):
         "ingest", help="catalog -> partitioned Parquet (standard columns; rows or HATS)",
         description="Read a FITS/CSV/Parquet catalog through its description and write the standard "
                     "input form as partitioned Parquet; no row is dropped, bad values are flagged.")
-    p.add_argument("input", help="FITS, CSV or Parquet catalog")
+    p.add_argument("input", type=cli_path, help="FITS, CSV or Parquet catalog")
     p.add_argument("--spec", required=True, help="catalog description: name in catalogs/ or a YAML path")
-    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument("--out", type=cli_path, required=True, help="output directory (new or empty)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--partition-rows", type=int, metavar="N",
                         help=f"rows per part-NNNNN.parquet (default {DEFAULT_PARTITION_ROWS:,})")
@@ -452,6 +453,6 @@ def add_ingest_parser(subparsers):
                         help="write a HATS catalog (Norder=K/Dir=D/Npix=N.parquet) with hats-import; needs ra/dec")
     p.add_argument("--overwrite", action="store_true", help="replace a previous ingest in --out")
     p.add_argument("--workers", type=int, default=2, help="local Dask workers for hats-import (default 2)")
-    p.add_argument("--tmp-dir", help="where the work directory goes (default: beside --out)")
+    p.add_argument("--tmp-dir", type=cli_path, help="where the work directory goes (default: beside --out)")
     p.set_defaults(func=_ingest_command)
     return p

@@ -223,7 +223,12 @@ def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise
                     pending[task.remote(*refs, k)] = k
                 done, _ = ray.wait(list(pending), num_returns=1)
                 k = pending.pop(done[0])
-                table, c = ray.get(done[0])
+                try:
+                    table, c = ray.get(done[0])
+                except ray.exceptions.RayError as e:  # lost beyond max_retries (e.g. nodes died)
+                    raise RuntimeError(f"shard {k} failed on the Ray cluster ({type(e).__name__}); "
+                                       f"{written} shards written this run are kept in {out}: rerun the "
+                                       "same command to resume") from e
                 _write_atomic(table, shard_path(out, k, config.shards))
                 counts.add(c)
                 written += 1
