@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from sedflow.sps.history import LOOKBACK_EDGES, N_BINS, Z_MAX, Z_MIN, NMFBases, formed_mass_fraction, populations
+from sedflow.sps.history import (BIN_MID, LOOKBACK_EDGES, N_BINS, Z_MAX, Z_MIN, IntervalLocator, NMFBases,
+                                 formed_mass_fraction, populations, split_populations)
 
 
 def test_lookback_bins():
@@ -91,3 +92,39 @@ def test_burst_population(prior):
     np.testing.assert_allclose(pops.mass[:, -1], [0.3, 0.0])          # second burst is older than the universe
     np.testing.assert_allclose(pops.mass[:, :-1].sum(axis=1), [0.7, 1.0])
     np.testing.assert_allclose(pops.age[:, -1], [1.0, 12.0])
+
+
+def test_split_populations_are_the_populations(prior):
+    """The compact form used by `SEDModel.properties` holds the same populations as `populations`."""
+    bases = NMFBases.default()
+    theta = prior.sample(300, seed=4)
+    tage = np.random.default_rng(4).uniform(0.005, 13.8, 300)
+    theta[:100, 6] = np.clip(tage[:100] + np.random.default_rng(5).uniform(-0.3, 0.3, 100), 0.01, 13.27)
+    pops, split = populations(theta, tage, bases), split_populations(theta, tage, bases)
+    k = pops.truncated_bin
+    np.testing.assert_array_equal(split.truncated_bin, k)
+    full = np.arange(N_BINS) < k[:, None]
+    np.testing.assert_allclose(split.full_mass, np.where(full, pops.mass[:, :N_BINS], 0.0), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(split.full_metallicity[full], pops.metallicity[:, :N_BINS][full], rtol=1e-14)
+    np.testing.assert_array_equal(np.broadcast_to(BIN_MID, full.shape)[full], pops.age[:, :N_BINS][full])
+    cols = np.column_stack([k, np.full(300, N_BINS)])
+    rows = np.arange(300)[:, None]
+    np.testing.assert_allclose(split.free_mass, pops.mass[rows, cols], rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(split.free_age, pops.age[rows, cols])
+    np.testing.assert_allclose(split.free_metallicity, pops.metallicity[rows, cols], rtol=1e-14)
+    np.testing.assert_allclose(split.weighted_sum(BIN_MID, split.free_age), np.sum(pops.mass * pops.age, axis=1),
+                               rtol=1e-13)
+    # several windows at once are the single windows side by side
+    both = formed_mass_fraction(theta, tage, bases, [0.1, 1.0])
+    np.testing.assert_allclose(both[:, 1], formed_mass_fraction(theta, tage, bases, 1.0), rtol=1e-14)
+
+
+@pytest.mark.parametrize("nodes", [NMFBases.default().t_lookback, np.log10([1e-4, 4e-4, 4e-3, 8e-3, 0.02, 0.05, 0.1]),
+                                   np.array([0.0, 1.0, 1.0 + 1e-9])])          # the last one falls back to the search
+def test_interval_locator_is_searchsorted(nodes):
+    locate = IntervalLocator(nodes)
+    near = np.concatenate([nodes, np.nextafter(nodes, -np.inf), np.nextafter(nodes, np.inf)])
+    x = np.concatenate([near, np.random.default_rng(0).uniform(nodes[0] - 1, nodes[-1] + 1, 10000)])
+    expected = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, nodes.size - 2)
+    np.testing.assert_array_equal(locate(x), expected)
+    assert (locate.start is None) == (nodes.size == 3)

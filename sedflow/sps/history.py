@@ -14,6 +14,9 @@ Hahn et al. (2022, arXiv:2202.01809, Sec. 3.1; code ``provabgs.models.NMF``):
 
 The galaxy is therefore 43 stellar populations (42 bins + burst) with a formed mass,
 an age and a metallicity each: `populations` returns them batched over galaxies.
+`split_populations` gives the same populations in a compact form for mass-weighted sums
+(the derived properties): the full bins have fixed ages, so only their masses and
+metallicities are per galaxy, and the two free-age populations are kept apart.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LOOKBACK_EDGES", "N_BINS", "Z_MIN", "Z_MAX", "NMFBases", "Populations", "populations",
-           "formed_mass_fraction"]
+__all__ = ["LOOKBACK_EDGES", "BIN_MID", "N_BINS", "Z_MIN", "Z_MAX", "NMFBases", "Populations", "populations",
+           "SplitPopulations", "split_populations", "formed_mass_fraction"]
 
 LOOKBACK_EDGES = np.concatenate([[0.0], 10 ** (6.05 + 0.1 * np.arange(41) - 9.0), [13.8]])  # Gyr
 N_BINS = LOOKBACK_EDGES.size - 1  # 42
+BIN_MID = 0.5 * (LOOKBACK_EDGES[1:] + LOOKBACK_EDGES[:-1])  # ages of the full bins [Gyr]
 Z_MIN, Z_MAX = 4.49043431e-05, 4.49043431e-02  # MIST metallicity limits used by PROVABGS
 
 PROVABGS_FILES = {
@@ -47,6 +51,39 @@ def _interp_extrap(x, xp, fp):
     lo, hi = x < xp[0], x > xp[-1]
     y = np.where(lo, fp[0] + (x - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0]), y)
     return np.where(hi, fp[-1] + (x - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2]), y)
+
+
+class IntervalLocator:
+    """``clip(searchsorted(nodes, x, side="right") - 1, 0, n - 2)`` for increasing nodes, without
+    a binary search (about 50 ns a key in numpy): uniform buckets half as wide as the closest
+    node spacing hold at most one node, so the index at a bucket's start and one comparison
+    with the next node give the answer. Falls back to the search if that takes > 2**20 buckets."""
+
+    def __init__(self, nodes):
+        self.nodes = np.asarray(nodes, dtype=float)
+        self.last = self.nodes.size - 2                       # largest index returned
+        self.width = np.diff(self.nodes).min() / 2
+        n_buckets = (self.nodes[-1] - self.nodes[0]) / self.width + 2
+        self.start = None
+        if n_buckets <= 2**20:
+            starts = self.nodes[0] + self.width * np.arange(int(n_buckets))
+            self.start = np.clip(np.searchsorted(self.nodes, starts, side="right") - 1, 0, self.last)
+
+    def __call__(self, x) -> np.ndarray:
+        if self.start is None:
+            return np.clip(np.searchsorted(self.nodes, x, side="right") - 1, 0, self.last)
+        bucket = np.clip((x - self.nodes[0]) / self.width, 0, self.start.size - 1).astype(np.intp)
+        i = self.start.take(bucket)
+        return np.minimum(i + (x >= self.nodes.take(i + 1)), self.last)
+
+
+def _interp_extrap_rows(x, locate: IntervalLocator, fps):
+    """`_interp_extrap` of several rows fps (k, n_t) at once, on the nodes of ``locate``: (k, *x.shape)."""
+    xp = locate.nodes
+    j = locate(x)
+    w = (x - xp.take(j)) / (xp.take(j + 1) - xp.take(j))   # not clipped: linear extrapolation at both ends
+    lo = fps.take(j, axis=1)
+    return lo + w * (fps.take(j + 1, axis=1) - lo)
 
 
 @dataclass(frozen=True)
@@ -116,16 +153,34 @@ class NMFBases:
         """ZH bases at lookback times t, shape (2, *t.shape)."""
         return np.stack([_interp_extrap(t, self.t_lookback, b) for b in self.zh])
 
-    def cumulative_sfh(self, t) -> np.ndarray:
-        """int_0^t B_i(t') dt' for each SFH basis, shape (4, *t.shape)."""
+    def _fine_cumulative(self) -> np.ndarray:
+        """int_0^t B_i on the fine grid _T_FINE (trapezoids), (4, n_fine); computed once."""
         cum = getattr(self, "_cum", None)
         if cum is None:
             b = self.sfh_at(_T_FINE)
             cum = np.concatenate([np.zeros((4, 1)),
                                   np.cumsum(0.5 * (b[:, 1:] + b[:, :-1]) * np.diff(_T_FINE), axis=1)], axis=1)
             object.__setattr__(self, "_cum", cum)
+        return cum
+
+    def cumulative_sfh(self, t) -> np.ndarray:
+        """int_0^t B_i(t') dt' for each SFH basis, shape (4, *t.shape)."""
         t = np.asarray(t, dtype=float)
-        return np.stack([np.interp(t, _T_FINE, c) for c in cum])
+        return np.stack([np.interp(t, _T_FINE, c) for c in self._fine_cumulative()])
+
+    def formed_mass(self, betas, t) -> np.ndarray:
+        """sum_i betas[:, i] int_0^t B_i for betas (n, 4) and t (n,): `cumulative_sfh` weighted by
+        the betas, with one look-up on the uniform fine grid shared by the four bases."""
+        table = getattr(self, "_cum_rows", None)
+        if table is None:            # row j: the four integrals at _T_FINE[j] and their steps to j + 1
+            cum = self._fine_cumulative().T
+            table = np.ascontiguousarray(np.concatenate([cum[:-1], np.diff(cum, axis=0)], axis=1))
+            object.__setattr__(self, "_cum_rows", table)
+        t = np.clip(t, 0.0, _T_FINE[-1])
+        j = np.minimum((t / _T_FINE[1]).astype(np.intp), _T_FINE.size - 2)   # uniform grid: no search
+        rows = table.take(j, axis=0)
+        w = (t - _T_FINE.take(j)) / (_T_FINE.take(j + 1) - _T_FINE.take(j))
+        return np.einsum("nk,nk->n", betas, rows[:, :4] + w[:, None] * rows[:, 4:])
 
 
 @dataclass
@@ -195,20 +250,83 @@ def populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> Populat
 
 
 def _fixed_edge_tables(bases: NMFBases) -> dict:
-    """Basis values that do not depend on the galaxy: cumulative SFH at the 43 edges, ZH at the 42 mid-points."""
+    """Basis values that do not depend on the galaxy: cumulative SFH at the 43 edges, ZH at the 42 mid-points,
+    NMF mass of the full bins, and a locator on the basis times."""
     tables = getattr(bases, "_fixed", None)
     if tables is None:
-        mid = 0.5 * (LOOKBACK_EDGES[1:] + LOOKBACK_EDGES[:-1])
-        tables = {"cum": bases.cumulative_sfh(LOOKBACK_EDGES), "mid": mid, "zh_mid": bases.zh_at(mid)}
+        tables = {"cum": bases.cumulative_sfh(LOOKBACK_EDGES), "mid": BIN_MID, "zh_mid": bases.zh_at(BIN_MID)}
+        tables["bin_mass"] = np.diff(tables["cum"], axis=1)           # (4, 42) int_bin B_i of the full bins
+        tables["locate_t"] = IntervalLocator(bases.t_lookback)
         object.__setattr__(bases, "_fixed", tables)
     return tables
 
 
-def formed_mass_fraction(theta: np.ndarray, tage: np.ndarray, bases: NMFBases, dt: float) -> np.ndarray:
-    """Fraction of the total formed mass formed within the last ``dt`` Gyr (PROVABGS ``avgSFR``)."""
+@dataclass
+class SplitPopulations:
+    """The populations of `populations` in a compact form for mass-weighted sums.
+
+    The full bins (below the one that holds t_age) have the fixed ages ``BIN_MID``; the
+    truncated bin and the burst have free ages.
+
+    Attributes
+    ----------
+    full_mass : (n, 42) formed mass per unit total formed mass of the full bins; 0 in the
+        truncated bin and beyond.
+    full_metallicity : (n, 42) absolute Z at the bin mid-points (meaningful where full_mass > 0).
+    free_mass, free_age, free_metallicity : (n, 2) the truncated bin and the burst.
+    truncated_bin : (n,) as in `Populations`.
+    """
+
+    full_mass: np.ndarray
+    full_metallicity: np.ndarray
+    free_mass: np.ndarray
+    free_age: np.ndarray
+    free_metallicity: np.ndarray
+    truncated_bin: np.ndarray
+
+    def weighted_sum(self, full_value: np.ndarray, free_value: np.ndarray) -> np.ndarray:
+        """sum over the 43 populations of mass x value: full_value (42,) or (n, 42), free_value (n, 2)."""
+        if full_value.ndim == 1:
+            full = self.full_mass @ full_value
+        else:
+            full = np.einsum("nk,nk->n", self.full_mass, full_value)
+        return full + np.einsum("nk,nk->n", self.free_mass, free_value)
+
+
+def split_populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> SplitPopulations:
+    """`populations` as `SplitPopulations`: the same masses, ages and metallicities without (n, 43) gathers."""
+    betas, fburst, tburst, gamma = theta[:, 1:5], theta[:, 5], theta[:, 6], theta[:, 7:9]
+    fixed = _fixed_edge_tables(bases)
+    itrunc = np.clip(np.searchsorted(LOOKBACK_EDGES, tage, side="left") - 1, 0, N_BINS - 1)
+    fb = np.where(tburst < tage, fburst, 0.0)
+    # NMF mass per unit total formed mass: betas scaled by (1 - f_burst) / sum_i beta_i int_0^t_age B_i
+    total = bases.formed_mass(betas, tage)
+    scaled = betas * ((1.0 - fb) / total)[:, None]
+    full_mass = scaled @ fixed["bin_mass"]                               # (n, 42)
+    k0 = itrunc.min(initial=N_BINS)                                      # bins below k0 are full in every row
+    full_mass[:, k0:] *= np.arange(k0, N_BINS) < itrunc[:, None]
+    trunc_mass = (1.0 - fb) - np.einsum("nk,kn->n", scaled, fixed["cum"][:, itrunc])
+    full_metallicity = gamma @ fixed["zh_mid"]
+    np.clip(full_metallicity, Z_MIN, Z_MAX, out=full_metallicity)
+    free_age = np.stack([0.5 * (LOOKBACK_EDGES[itrunc] + tage), tburst], axis=1)
+    return SplitPopulations(
+        full_mass=full_mass,
+        full_metallicity=full_metallicity,
+        free_mass=np.stack([trunc_mass, fb], axis=1),
+        free_age=free_age,
+        free_metallicity=_zh(gamma, _interp_extrap_rows(free_age, fixed["locate_t"], bases.zh)),
+        truncated_bin=itrunc)
+
+
+def formed_mass_fraction(theta: np.ndarray, tage: np.ndarray, bases: NMFBases, dt) -> np.ndarray:
+    """Fraction of the total formed mass formed within the last ``dt`` Gyr (PROVABGS ``avgSFR``):
+    (n,) for a scalar dt, (n, k) for k windows dt."""
     betas, fburst, tburst = theta[:, 1:5], theta[:, 5], theta[:, 6]
-    t = np.stack([np.zeros_like(tage), np.minimum(dt, tage), tage], axis=1)   # (n, 3)
-    frac = _nmf_mass_fraction(bases.cumulative_sfh(t), betas)[:, 0]
-    has_burst = tburst < tage
-    fb = np.where(has_burst, fburst, 0.0)
-    return (1.0 - fb) * frac + np.where(tburst < dt, fb, 0.0)
+    dt = np.asarray(dt, dtype=float)
+    windows = dt.reshape(-1)
+    total = bases.formed_mass(betas, tage)[:, None]
+    # int_0^dt B_i is the same for every galaxy; a window longer than t_age holds all the mass
+    formed = np.where(tage[:, None] > windows, betas @ bases.cumulative_sfh(windows), total)
+    fb = np.where(tburst < tage, fburst, 0.0)[:, None]
+    frac = (1.0 - fb) * formed / total + np.where(tburst[:, None] < windows, fb, 0.0)
+    return frac.reshape(tage.shape + dt.shape)

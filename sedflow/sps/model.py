@@ -12,6 +12,10 @@ Only the bin that contains t_age(z) and the burst have a free age; they are inte
 bilinearly in (log age, log Z) on the SSP grid. No Python loop runs over galaxies; batches
 are processed in chunks of ``chunk_size`` rows to bound memory.
 
+The derived properties are mass-weighted sums over the same populations; `properties` takes
+them from `split_populations` (the full bins have fixed ages, so their surviving fractions
+are tabulated per bin as functions of log Z) in chunks of ``PROPERTY_CHUNK`` rows.
+
 Example
 -------
 >>> model = SEDModel.default()
@@ -26,7 +30,8 @@ from scipy import sparse
 
 from sedflow.prior import Prior
 from sedflow.sps.dust import birth_cloud_optical_depth, ism_optical_depth
-from sedflow.sps.history import N_BINS, LOOKBACK_EDGES, NMFBases, Populations, formed_mass_fraction, populations
+from sedflow.sps.history import (BIN_MID, N_BINS, IntervalLocator, NMFBases, Populations,
+                                 formed_mass_fraction, populations, split_populations)
 from sedflow.sps.photometry import SDSS_FILTERS, Photometry
 from sedflow.sps.ssp import SSPGrid, bc03_miles
 
@@ -34,11 +39,16 @@ __all__ = ["SEDModel", "PROPERTY_NAMES"]
 
 PROPERTY_NAMES = ("logmstar_surv", "logsfr_100myr", "logsfr_1gyr", "logz_mw", "tage_mw")
 LOGSFR_FLOOR = -10.0  # log10 SFR [Msun/yr] reported when no star formed within the window
+PROPERTY_CHUNK = 4096  # rows per step of `properties`: its (rows, 42) temporaries stay in cache
 
 
-def _axis_weights(x, nodes):
-    """Lower node index and linear weight of x on increasing nodes, clamped at the ends."""
-    i = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, nodes.size - 2)
+def _axis_weights(x, nodes, locate=None):
+    """Lower node index and linear weight of x on increasing nodes, clamped at the ends
+    (``locate``: an `IntervalLocator` of the nodes, faster than the search)."""
+    if locate is not None:
+        i = locate(x)
+    else:
+        i = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, nodes.size - 2)
     w = np.clip((x - nodes[i]) / (nodes[i + 1] - nodes[i]), 0.0, 1.0)
     return i, w
 
@@ -71,15 +81,22 @@ class SEDModel:
 
         self._log_age = np.log10(self.ssp.ages / 1e9)            # grid ages in log10 Gyr
         self._log_z = np.log10(self.ssp.metallicities)
+        self._locate_age, self._locate_z = IntervalLocator(self._log_age), IntervalLocator(self._log_z)
         # SSP spectra at the mid-age of each full lookback bin: (42, n_z, n_wave)
-        mid = 0.5 * (LOOKBACK_EDGES[1:] + LOOKBACK_EDGES[:-1])
-        ia, wa = _axis_weights(np.log10(mid), self._log_age)
+        ia, wa = _axis_weights(np.log10(BIN_MID), self._log_age)
         lum = self.ssp.lum
         bin_ssp = (1 - wa)[:, None, None] * lum[ia] + wa[:, None, None] * lum[ia + 1]
-        self._young_bins = mid < self.t_esc
+        self._young_bins = BIN_MID < self.t_esc
         self._young_ssp = bin_ssp[self._young_bins].reshape(-1, self.wave.size)
         self._old_ssp = bin_ssp[~self._young_bins].reshape(-1, self.wave.size)
         self._flat_ssp = lum.reshape(-1, self.wave.size)           # rows: age-major, then Z
+        # Surviving fraction of each full bin (its age fixed): linear in log Z between the grid's
+        # metallicities, constant outside. On segment s = #(nodes <= log Z) it is a[k, s] + b[k, s] log Z.
+        surv = (1 - wa)[:, None] * self.ssp.surviving_frac[ia] + wa[:, None] * self.ssp.surviving_frac[ia + 1]
+        slope = np.diff(surv, axis=1) / np.diff(self._log_z)                      # (42, n_z - 1)
+        self._surv_a = np.column_stack([surv[:, 0], surv[:, :-1] - slope * self._log_z[:-1], surv[:, -1]]).ravel()
+        self._surv_b = np.pad(slope, ((0, 0), (1, 1))).ravel()                    # flat index (n_z + 1) k + s
+        self._surv_row = np.arange(N_BINS) * (self._log_z.size + 1)
 
     @classmethod
     def default(cls, **kwargs) -> "SEDModel":
@@ -99,10 +116,12 @@ class SEDModel:
     # ------------------------------------------------------------------ physics
     def _grid_interp(self, table, age_gyr, metallicity):
         """Bilinear (log age, log Z) interpolation of an (n_age, n_z) table at any shape."""
-        ia, wa = _axis_weights(np.log10(age_gyr), self._log_age)
-        iz, wz = _axis_weights(np.log10(metallicity), self._log_z)
-        return ((1 - wa) * ((1 - wz) * table[ia, iz] + wz * table[ia, iz + 1])
-                + wa * ((1 - wz) * table[ia + 1, iz] + wz * table[ia + 1, iz + 1]))
+        ia, wa = _axis_weights(np.log10(age_gyr), self._log_age, self._locate_age)
+        iz, wz = _axis_weights(np.log10(metallicity), self._log_z, self._locate_z)
+        flat, nz = table.ravel(), table.shape[1]
+        k = ia * nz + iz                            # flat index of the (ia, iz) corner
+        return ((1 - wa) * ((1 - wz) * flat.take(k) + wz * flat.take(k + 1))
+                + wa * ((1 - wz) * flat.take(k + nz) + wz * flat.take(k + nz + 1)))
 
     def _free_age_weights(self, mass, age, metallicity):
         """Sparse (n, n_age * n_z) weights of populations of any age: bilinear in (log age, log Z).
@@ -148,6 +167,32 @@ class SEDModel:
         att_bc = np.exp(-birth_cloud_optical_depth(self.wave, theta[:, 9]))
         return (10.0 ** theta[:, 0])[:, None] * att_ism * (old + att_bc * young)
 
+    def _full_bin_surviving(self, metallicity):
+        """SSP surviving fraction of the full bins (fixed ages) at metallicities (n, 42)."""
+        log_z = np.log10(metallicity)
+        seg = np.zeros(log_z.shape, np.int8)
+        for node in self._log_z:               # segment = number of nodes <= log Z (cheaper than a search)
+            seg += log_z >= node
+        flat = seg.astype(np.intp)
+        flat += self._surv_row                 # flat index (n_z + 1) k + segment
+        return self._surv_a.take(flat) + self._surv_b.take(flat) * log_z
+
+    def _properties_chunk(self, theta, z):
+        """`properties` of one chunk: mass-weighted sums over the populations (see `split_populations`)."""
+        tage = self.phot.age_of_universe(z)
+        pops = split_populations(theta, tage, self.bases)
+        surv = pops.weighted_sum(self._full_bin_surviving(pops.full_metallicity),
+                                 self._grid_interp(self.ssp.surviving_frac, pops.free_age, pops.free_metallicity))
+        out = {"logmstar_surv": theta[:, 0] + np.log10(surv)}
+        windows = np.array([0.1, 1.0])                                     # Gyr
+        frac = formed_mass_fraction(theta, tage, self.bases, windows)      # (n, 2)
+        with np.errstate(divide="ignore"):                                 # log10(M* frac / dt) [Msun/yr]
+            logsfr = np.maximum(theta[:, :1] + np.log10(frac / (windows * 1e9)), LOGSFR_FLOOR)
+        out["logsfr_100myr"], out["logsfr_1gyr"] = logsfr.T
+        out["logz_mw"] = np.log10(pops.weighted_sum(pops.full_metallicity, pops.free_metallicity))
+        out["tage_mw"] = pops.weighted_sum(BIN_MID, pops.free_age)
+        return out
+
     # ------------------------------------------------------------------ public API
     def spectrum(self, theta, z):
         """Rest-frame spectra: wavelength (n_wave,) [A] and L_lambda (n, n_wave) [Lsun/A]."""
@@ -175,15 +220,9 @@ class SEDModel:
         tage_mw : formed-mass-weighted age [Gyr].
         """
         theta, z = self._inputs(theta, z)
-        tage = self.phot.age_of_universe(z)
-        pops = populations(theta, tage, self.bases)
-        mstar = 10.0 ** theta[:, 0]
-        surv = np.sum(pops.mass * self._grid_interp(self.ssp.surviving_frac, pops.age, pops.metallicity), axis=1)
-        out = {"logmstar_surv": theta[:, 0] + np.log10(surv)}
-        for name, dt in (("logsfr_100myr", 0.1), ("logsfr_1gyr", 1.0)):
-            sfr = mstar * formed_mass_fraction(theta, tage, self.bases, dt) / (dt * 1e9)
-            with np.errstate(divide="ignore"):
-                out[name] = np.maximum(np.log10(sfr), LOGSFR_FLOOR)
-        out["logz_mw"] = np.log10(np.sum(pops.mass * pops.metallicity, axis=1))
-        out["tage_mw"] = np.sum(pops.mass * pops.age, axis=1)
+        out = {name: np.empty(theta.shape[0]) for name in PROPERTY_NAMES}
+        for start in range(0, theta.shape[0], PROPERTY_CHUNK):
+            s = slice(start, start + PROPERTY_CHUNK)
+            for name, v in self._properties_chunk(theta[s], z[s]).items():
+                out[name][s] = v
         return out
