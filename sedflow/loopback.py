@@ -265,6 +265,7 @@ class LoopbackDaskCluster(_Cluster):
     def __init__(self, root, workers: int = 2, threads: int = 1, port: int | None = None,
                  memory_limit: str = "4GiB"):
         super().__init__(root)
+        self.env["DASK_TEMPORARY_DIRECTORY"] = str(self.root)  # spill and lock files stay under root
         self.n_workers, self.threads, self.memory_limit = workers, threads, memory_limit
         self.port = port or free_port()
         self.address = f"tcp://{HOST}:{self.port}"

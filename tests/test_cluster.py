@@ -60,6 +60,8 @@ def no_process_left(pids):
 @pytest.fixture(scope="module")
 def ray_cluster():
     root = Path(tempfile.mkdtemp(prefix="sfray-", dir="/tmp"))  # short: Ray's socket paths
+    ray_defaults = [Path("/tmp/ray"), Path.home() / ".ray"]       # where Ray writes without a temp dir
+    existed = [p.exists() for p in ray_defaults]
     cluster = LoopbackRayCluster(root, nodes=2, cpus=1)
     try:
         with cluster:
@@ -67,6 +69,7 @@ def ray_cluster():
             assert len(cluster.nodes) == 2 and all(g.proc.poll() is None for g in cluster.nodes)
             yield cluster
         no_process_left(pids + cluster.pids())
+        assert [p.exists() for p in ray_defaults] == existed, "the cluster wrote outside its temp dir"
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -146,6 +149,7 @@ def test_losing_a_ray_node_mid_simulation(ray_cluster, local_sims, tmp_path):
     assert killed and not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                               for p in killed)
     stdout, stderr = proc.communicate(timeout=600)
+    print(f"\nsimulate with node 1 killed (pids {killed}): exit code {proc.returncode}; {stderr[-300:]}")
     if proc.returncode != 0:   # allowed, but it must say what happened, not just dump a traceback
         assert "rerun" in stderr.lower() or "node" in stderr.lower(), stderr[-2000:]
     run([SEDFLOW, "simulate", *sim_args(SIM_LONG, out), "--address", ray_cluster.address])
@@ -223,6 +227,7 @@ def test_losing_a_dask_worker_mid_inference(dask_cluster, catalog, local_posteri
     assert proc.poll() is None, "infer finished before a worker could be killed"
     assert dask_cluster.kill_worker(1)
     stdout, stderr = proc.communicate(timeout=600)
+    print(f"\ninfer with worker 1 killed: exit code {proc.returncode}; {stderr[-300:]}")
     if proc.returncode != 0:
         assert "rerun" in stderr.lower(), stderr[-2000:]
     run([SEDFLOW, "infer", str(catalog), "--out", str(out), "--address", dask_cluster.address, *INFER_ARGS])
