@@ -52,7 +52,7 @@ def make_catalog(n: int, path: Path):
     return spec
 
 
-def run(quick: bool = False, n: int | None = None) -> dict:
+def run(quick: bool = False, n: int | None = None, samples=None) -> dict:
     from sedflow.infer import run_inference
     from sedflow.ingest import ingest_catalog
 
@@ -67,7 +67,7 @@ def run(quick: bool = False, n: int | None = None) -> dict:
         res["ingest"] = {"seconds": time.perf_counter() - t0, "partitions": ingest["partitions"]}
         rows.append(row(f"ingest {n:,} rows ({ingest['partitions']} partitions)", n / res["ingest"]["seconds"],
                         "rows/s"))
-        for k in SAMPLES:
+        for k in samples or SAMPLES:
             with ChildPeakRSS(("spawn_main",)) as workers:
                 t0 = time.perf_counter()
                 s = run_inference(work / "ingested", work / f"out{k}", n_samples=k, workers=CPUS, progress=False)

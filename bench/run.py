@@ -1,6 +1,7 @@
 """The benchmark suite: every performance figure of the README in one command.
 
     python -m bench [--quick] [--only NAME ...] [--json OUT] [--simulate-n N] [--infer-n N]
+                   [--infer-samples K ...]
 
 Each benchmark is a module of this package with ``run(quick) -> dict``; the dict's
 ``rows`` (measure, value, unit, peer, peer_value, ratio) make the table printed at the end,
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
                    help=f"run only these ({', '.join(BENCHMARKS)})")
     p.add_argument("--simulate-n", type=int, help="rows for run_simulation (default 200,000; quick 20,000)")
     p.add_argument("--infer-n", type=int, help="galaxies for infer (default 100,000; quick 500)")
+    p.add_argument("--infer-samples", type=int, nargs="+", metavar="K",
+                   help="posterior draws per galaxy for infer (default 1000 10000)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"write results here (default {DEFAULT_JSON})")
     args = p.parse_args(argv)
 
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
         print(f"\n== {name}: {BENCHMARKS[name]}", flush=True)
         load, t0 = os.getloadavg()[0], time.perf_counter()
         try:
-            sizes = {"simulate": {"n": args.simulate_n}, "infer": {"n": args.infer_n}}.get(name, {})
+            sizes = {"simulate": {"n": args.simulate_n}, "infer": {"n": args.infer_n, "samples": args.infer_samples}}.get(name, {})
             res = importlib.import_module(f"bench.{name}").run(quick=args.quick, **sizes)
         except Exception:
             res = {"error": traceback.format_exc()}

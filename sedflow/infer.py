@@ -196,6 +196,23 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
 
 
 # ---------------------------------------------------------------------- the Dask edge
+def _keep_freed_memory_in_heap():
+    """Undo, in this process, the ``MALLOC_TRIM_THRESHOLD_=65536`` that Dask's nanny gives its
+    workers: with it glibc hands every freed block over 64 kB back to the OS, so each of our
+    large short-lived numpy temporaries is page-faulted in again. Measured on one partition
+    (500 galaxies x 1,000 draws, 1 thread): 62 galaxies/s with sys time > user time, 145-154
+    after this call. Freed memory is reused by the next partition instead (the peak RSS is
+    unchanged). glibc only; elsewhere nothing happens."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 28)   # M_TRIM_THRESHOLD: keep up to 256 MB of free heap
+        libc.mallopt(-3, 1 << 25)   # M_MMAP_THRESHOLD: heap (not mmap) up to 32 MB, glibc's maximum
+    except (OSError, AttributeError):
+        pass
+
+
 @functools.lru_cache(maxsize=4)
 def _worker_models(model_path: str | None):
     """One posterior and one SED model per worker process."""
@@ -203,6 +220,7 @@ def _worker_models(model_path: str | None):
 
     from sedflow.sps.model import SEDModel
 
+    _keep_freed_memory_in_heap()
     torch.set_num_threads(1)
     post = load_model(model_path)
     return post, SEDModel.default()
