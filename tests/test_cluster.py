@@ -170,7 +170,7 @@ def dask_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory, sed_model):
-    """240 simulated galaxies with noisy fluxes, ingested in 12 partitions of 20 rows."""
+    """240 simulated galaxies with noisy fluxes, ingested in 24 partitions of 10 rows."""
     from sedflow.catalog import CatalogSpec
     from sedflow.ingest import ingest_catalog
     from sedflow.noise import NoiseModel
@@ -188,7 +188,7 @@ def catalog(tmp_path_factory, sed_model):
                        flux={"columns": [f"flux_{b}" for b in BANDS], "units": "nanomaggies"},
                        flux_error={"columns": [f"flux_err_{b}" for b in BANDS], "kind": "sigma"},
                        cuts={"redshift_range": [0.0, 0.2]})
-    ingest_catalog(d / "cat.parquet", spec, d / "ingested", partition_rows=20)
+    ingest_catalog(d / "cat.parquet", spec, d / "ingested", partition_rows=10)
     return d / "ingested"
 
 
