@@ -72,6 +72,14 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout:
     raise TimeoutError(f"{what} did not open {HOST}:{port} within {timeout:.0f} s; see {log}")
 
 
+def _running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (a killed process whose parent has not reaped it yet)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class _Group:
     """One started command and every process of its session, stopped by pid."""
 
@@ -92,6 +100,21 @@ class _Group:
                 continue
         return found
 
+    def kill_now(self) -> list[int]:
+        """SIGKILL every process of the session at once (a lost machine); returns their pids."""
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=30)
+        alive = [p.pid for p in alive if _running(p)]
+        if alive:
+            raise RuntimeError(f"{self.name}: processes {alive} survived SIGKILL")
+        self.proc.wait(timeout=30)
+        return [p.pid for p in procs]
+
     def kill(self, grace: float = 10.0) -> list[int]:
         """SIGTERM every process of the session, SIGKILL what is left after `grace` s;
         returns the pids that were stopped."""
@@ -107,7 +130,7 @@ class _Group:
                 break
         if self.proc.poll() is None:
             self.proc.wait(timeout=5)
-        alive = [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p.pid for p in procs if _running(p)]
         if alive:
             raise RuntimeError(f"{self.name}: processes {alive} survived SIGKILL")
         return [self.pid]
@@ -127,8 +150,14 @@ class _Cluster:
 
     def pids(self) -> list[int]:
         """Pids of every live process the cluster started (all nodes, all children)."""
-        return sorted(p.pid for g in self._groups for p in g.processes()
-                      if p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+        live = []
+        for p in (p for g in self._groups for p in g.processes()):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    live.append(p.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return sorted(live)
 
     def stop(self):
         errors = []
@@ -244,15 +273,7 @@ class LoopbackRayCluster(_Cluster):
         """Kill worker node i (> 0) abruptly: SIGKILL to every process of its session."""
         if i == 0:
             raise ValueError("node 0 is the head; kill a worker node (i >= 1)")
-        group = self.nodes[i]
-        pids = [p.pid for p in group.processes()]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        group.proc.wait(timeout=30)
-        return pids
+        return self.nodes[i].kill_now()
 
 
 class LoopbackDaskCluster(_Cluster):
@@ -291,15 +312,7 @@ class LoopbackDaskCluster(_Cluster):
 
     def kill_worker(self, i: int) -> list[int]:
         """Kill worker i abruptly: SIGKILL to its nanny and worker process."""
-        group = self.workers[i]
-        pids = [p.pid for p in group.processes()]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        group.proc.wait(timeout=30)
-        return pids
+        return self.workers[i].kill_now()
 
 
 def main(argv=None):

@@ -53,7 +53,13 @@ def same_files(a: Path, b: Path, pattern="*.parquet"):
 
 
 def no_process_left(pids):
-    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
     assert not alive, f"processes {alive} outlived the cluster"
 
 
@@ -145,9 +151,8 @@ def test_losing_a_ray_node_mid_simulation(ray_cluster, local_sims, tmp_path):
     while not list(out.glob("shard-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, "simulate finished before the node could be killed: make SIM_LONG longer"
-    killed = ray_cluster.kill_node(1)
-    assert killed and not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                              for p in killed)
+    killed = ray_cluster.kill_node(1)   # raises if one of the node's processes survives
+    assert len(killed) >= 3             # ray start, raylet, agents: the node's whole process tree
     stdout, stderr = proc.communicate(timeout=600)
     print(f"\nsimulate with node 1 killed (pids {killed}): exit code {proc.returncode}; {stderr[-300:]}")
     if proc.returncode != 0:   # allowed, but it must say what happened, not just dump a traceback
