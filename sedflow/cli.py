@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--z-min", type=float, default=0.0)
     s.add_argument("--z-max", type=float, default=0.2)
-    s.add_argument("--noise-model", help="noise model JSON (default: the shipped SDSS+NSA-floors model)")
+    s.add_argument("--noise-model", type=cli_path, help="noise model JSON (default: the shipped SDSS+NSA-floors model)")
     s.add_argument("--address", help="Ray address (default: start a local Ray)")
     s.add_argument("--workers", type=int, help="most shards simulated at once (default: as many as Ray has CPUs)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sedflow.prior import PARAM_NAMES, Prior
+from sedflow.storage import cli_path
 
 if TYPE_CHECKING:
     from sedflow.sps.model import SEDModel
@@ -584,6 +585,6 @@ def add_mcmc_parser(subparsers):
     p.add_argument("--rhat-max", type=float, default=1.1,
                    help="converged needs max split-R-hat below this (default 1.1)")
     p.add_argument("--progress", action="store_true", help="show zeus's progress bar")
-    p.add_argument("--out", help="write the samples here as Parquet (one column per parameter)")
+    p.add_argument("--out", type=cli_path, help="write the samples here as Parquet (one column per parameter)")
     p.set_defaults(func=_mcmc_command)
     return p
