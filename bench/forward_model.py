@@ -9,7 +9,9 @@
    (Hahn & Melchior 2022). The emulator part needs the PROVABGS weights (default
    ../shared/data/provabgs beside the repository) and is skipped without them.
    Also rows/s of ``SEDModel.properties`` (the derived properties `sedflow.infer` computes
-   for 1,000 draws per galaxy) on the same draws at 1 thread, against the photometry's rate.
+   for 1,000 draws per galaxy) on the same draws at 1 thread, against the photometry's rate,
+   and the time of one ``SEDModel.photometry`` call on 30 rows at one redshift (the batch of
+   `sedflow.mcmc`'s 30 walkers) at 1 thread, against the same 30 rows' share of the n-row call.
 2. Resampling cost: |d mag| of the default model vs one built on the native, unresampled
    BC03+MILES grid (2000-12000 A), 200 prior draws at z = 0.02, 0.05, 0.1, 0.2.
 """
@@ -32,6 +34,7 @@ from sedflow.sps.photometry import nanomaggies_to_mag
 from sedflow.sps.ssp import read_bc03_miles
 
 PAPER_MS = {"FSPS": 340.0, "emulator": 2.9}
+MCMC_BATCH = 30  # walkers of sedflow.mcmc (the paper's): rows per log-probability call
 DEFAULT_PROVABGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "provabgs"
 
 
@@ -48,6 +51,21 @@ def rate(fn, theta, z, threads, repeat):
     outputs = out.values() if isinstance(out, dict) else [out]
     assert all(np.all(np.isfinite(v)) for v in outputs), "non-finite outputs"
     return len(theta) / best
+
+
+def small_batch_ms(fn, theta, z, calls=200, repeat=5):
+    """Milliseconds per call of fn(theta, z) at 1 BLAS thread: the mean of ``calls`` calls, best
+    of ``repeat`` such loops after a warm-up (per-call overhead dominates small batches)."""
+    best = np.inf
+    with threadpool_limits(limits=1):
+        for _ in range(20):
+            fn(theta, z)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn(theta, z)
+            best = min(best, (time.perf_counter() - t0) / calls)
+    return 1e3 * best
 
 
 def throughput(n, provabgs_dir, threads=(1, 2), repeat=2, seed=0):
@@ -73,6 +91,7 @@ def throughput(n, provabgs_dir, threads=(1, 2), repeat=2, seed=0):
     for name, fn in runners.items():
         timings["rates"][name] = {str(k): rate(fn, theta, z, k, repeat) for k in threads}
     timings["properties_rows_per_s"] = {"1": rate(model.properties, theta, z, 1, repeat)}
+    timings["mcmc_batch_ms"] = small_batch_ms(model.photometry, theta[:MCMC_BATCH], 0.1)
     return timings
 
 
@@ -108,6 +127,10 @@ def run(quick=False, provabgs_dir=DEFAULT_PROVABGS):
     prop, phot = res["properties_rows_per_s"]["1"], rates["sedflow"]["1"]
     res["rows"].append({"measure": "SEDModel.properties, 1 thread(s)", "value": prop, "unit": "rows/s",
                         "peer": "SEDModel.photometry", "peer_value": phot, "ratio": prop / phot})
+    share = 1e3 * MCMC_BATCH / phot                  # ms the same rows take inside the n-row call
+    res["rows"].append({"measure": f"SEDModel.photometry, {MCMC_BATCH} rows at one z (MCMC), 1 thread",
+                        "value": res["mcmc_batch_ms"], "unit": "ms/call", "peer": f"same rows in {n:,}-row call",
+                        "peer_value": share, "ratio": res["mcmc_batch_ms"] / share})
     return res
 
 
@@ -138,6 +161,10 @@ def main(argv=None):
             f"{r:.1f}x at {t} thread(s)" for t, r in res["ratio_sedflow_over_emulator"].items()))
     prop = res["properties_rows_per_s"]["1"]
     print(f"SEDModel.properties: {prop:.0f} rows/s at 1 thread, {prop / rates['sedflow']['1']:.1f}x the photometry")
+    batch = res["mcmc_batch_ms"]
+    share = 1e3 * MCMC_BATCH / rates["sedflow"]["1"]
+    print(f"SEDModel.photometry on {MCMC_BATCH} rows at one z (an MCMC batch): {batch:.3f} ms/call at 1 thread, "
+          f"{batch / share:.1f}x the same rows' share of the {args.n}-row call ({share:.3f} ms)")
     print("setup [s]: " + ", ".join(f"{k} {v:.1f}" for k, v in res["setup_s"].items()))
     res["machine"]["loadavg_after"] = os.getloadavg()
     if max(res["machine"]["loadavg_before"][0], res["machine"]["loadavg_after"][0]) > 0.5 * os.cpu_count():

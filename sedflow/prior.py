@@ -95,6 +95,12 @@ class Prior:
                              lg[0], lg[0], b["tau_bc"][0], b["tau_ism"][0], b["n_dust"][0]])
         self._hi = np.array([b["logmstar"][1], 1, 1, 1, b["fburst"][1], b["tburst"][1],
                              lg[1], lg[1], b["tau_bc"][1], b["tau_ism"][1], b["n_dust"][1]])
+        # Bounds of theta's 12 columns for `in_support` (betas: >= 0 here, their sum is checked apart).
+        g = b["gamma"]
+        self._theta_lo = np.array([b["logmstar"][0], 0, 0, 0, 0, b["fburst"][0], b["tburst"][0],
+                                   g[0], g[0], b["tau_bc"][0], b["tau_ism"][0], b["n_dust"][0]], dtype=float)
+        self._theta_hi = np.array([b["logmstar"][1], np.inf, np.inf, np.inf, np.inf, b["fburst"][1],
+                                   b["tburst"][1], g[1], g[1], b["tau_bc"][1], b["tau_ism"][1], b["n_dust"][1]])
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (stored in model artifacts)."""
@@ -134,15 +140,9 @@ class Prior:
         """Boolean (n,): finite and inside the prior (NaN/inf rows are False)."""
         theta = self.check(theta)
         with np.errstate(invalid="ignore"):
-            ok = np.all(np.isfinite(theta), axis=1)
-            betas = theta[:, 1:5]
-            ok &= np.all(betas >= 0, axis=1) & (np.abs(betas.sum(axis=1) - 1) < _SIMPLEX_ATOL)
-            for i, name in [(0, "logmstar"), (5, "fburst"), (6, "tburst"), (9, "tau_bc"),
-                            (10, "tau_ism"), (11, "n_dust")]:
-                lo, hi = self.bounds[name]
-                ok &= (theta[:, i] >= lo) & (theta[:, i] <= hi)
-            lo, hi = self.bounds["gamma"]
-            ok &= np.all((theta[:, 7:9] >= lo) & (theta[:, 7:9] <= hi), axis=1)
+            inside = (theta >= self._theta_lo) & (theta <= self._theta_hi)    # NaN compares False
+            ok = np.all(inside & np.isfinite(theta), axis=1)
+            ok &= np.abs(theta[:, 1:5].sum(axis=1) - 1) < _SIMPLEX_ATOL
         return ok
 
     def require_support(self, theta) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sedflow.sps.history import LOOKBACK_EDGES, populations
+from sedflow.sps.history import LOOKBACK_EDGES, Z_MIN, populations
 from sedflow.sps.photometry import LSUN_ERG_S, MPC_CM, nanomaggies_to_mag
 
 
@@ -34,6 +34,55 @@ def test_batch_equals_rows_and_chunking(sed_model, theta, zs):
     np.testing.assert_allclose(batch, rows, rtol=1e-12)
     small = SEDModel(ssp=sed_model.ssp, bases=sed_model.bases, chunk_size=7)
     np.testing.assert_allclose(small.photometry(theta[:20], zs[:20]), batch, rtol=1e-12)
+
+
+def test_mcmc_batches_equal_one_large_batch(sed_model, prior):
+    """The small-batch path (MCMC walker batches: few rows, one z, scalar or per-row z) gives the
+    numbers of one large mixed-z batch: 30 draws, a third with strong bursts, evaluated one by one,
+    in batches of 1-7 rows and as 30 rows, against the same rows inside 1000 rows at many redshifts."""
+    rng = np.random.default_rng(21)
+    theta = prior.sample(1000, seed=21)
+    burst = rng.uniform(size=1000) < 0.3
+    theta[burst, 5] = rng.uniform(0.3, 1.0, burst.sum())
+    z = rng.uniform(0.001, 0.2, 1000)
+    rows = rng.choice(1000, 30, replace=False)
+    z[rows] = 0.0837                                               # the MCMC galaxy's redshift
+    big = sed_model.photometry(theta, z)[rows]
+    one_by_one = np.vstack([sed_model.photometry(theta[i], 0.0837) for i in rows])
+    batches = np.vstack([sed_model.photometry(theta[rows[a:b]], np.full(b - a, 0.0837))
+                         for a, b in zip([0, 1, 3, 6, 13, 20], [1, 3, 6, 13, 20, 30])])
+    for small in (one_by_one, batches, sed_model.photometry(theta[rows], 0.0837)):
+        np.testing.assert_allclose(small, big, rtol=1e-12, atol=0)
+
+
+def test_free_age_weights_are_scipys_canonical_csr(sed_model, prior):
+    """`_free_age_weights` builds the CSR arrays itself; they must be the matrix scipy's COO
+    constructor gives (sorted columns, repeated columns summed), so that the products agree
+    exactly. Bursts at the truncated bin's age and metallicity force repeated columns."""
+    from scipy import sparse
+
+    m = sed_model
+    n = 200
+    rng = np.random.default_rng(4)
+    mass = rng.uniform(0, 1, (n, 2))
+    age = rng.uniform(0.005, 13.0, (n, 2))
+    metallicity = 10 ** rng.uniform(np.log10(Z_MIN), -1.4, (n, 2))
+    age[::3, 1], metallicity[::3, 1] = age[::3, 0], metallicity[::3, 0]          # the same 4 corners
+    ours = m._free_age_weights(mass, age, metallicity)
+
+    nz = m._log_z.size
+    ia = np.clip(np.searchsorted(m._log_age, np.log10(age), side="right") - 1, 0, m._log_age.size - 2)
+    iz = np.clip(np.searchsorted(m._log_z, np.log10(metallicity), side="right") - 1, 0, nz - 2)
+    wa = np.clip((np.log10(age) - m._log_age[ia]) / (m._log_age[ia + 1] - m._log_age[ia]), 0, 1)
+    wz = np.clip((np.log10(metallicity) - m._log_z[iz]) / (m._log_z[iz + 1] - m._log_z[iz]), 0, 1)
+    corner = ia * nz + iz
+    cols = np.stack([corner, corner + 1, corner + nz, corner + nz + 1], axis=-1)
+    data = mass[..., None] * np.stack([(1 - wa) * (1 - wz), (1 - wa) * wz, wa * (1 - wz), wa * wz], axis=-1)
+    rows = np.broadcast_to(np.arange(n)[:, None, None], cols.shape)
+    ref = sparse.csr_matrix((data.ravel(), (rows.ravel(), cols.ravel())), shape=ours.shape)
+    assert ref.nnz < 8 * n                                                       # duplicates were summed
+    np.testing.assert_array_equal(ours.toarray(), ref.toarray())
+    np.testing.assert_array_equal(ours @ m._flat_ssp, ref @ m._flat_ssp)
 
 
 def test_one_dex_of_mass_is_minus_2p5_mag(sed_model, theta, zs):

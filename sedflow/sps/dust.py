@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["calzetti_k", "ism_optical_depth", "birth_cloud_optical_depth"]
+__all__ = ["calzetti_k", "ism_optical_depth", "birth_cloud_optical_depth", "DustCurves"]
 
 
 def calzetti_k(wave) -> np.ndarray:
@@ -30,16 +30,40 @@ def calzetti_k(wave) -> np.ndarray:
     return np.maximum(np.where(wave > 6300.0, red, blue), 0.0)
 
 
+class DustCurves:
+    """The dust optical depths on a fixed wavelength grid, with every factor that depends on the
+    wavelength only (Calzetti curve, Drude bump, log(lam / 5500), 5500 / lam) computed once.
+
+    The module functions `ism_optical_depth` and `birth_cloud_optical_depth` are the same
+    computation on a grid passed per call; `SEDModel` keeps one of these for its grid.
+    """
+
+    def __init__(self, wave):
+        self.wave = wave = np.asarray(wave, dtype=float)
+        self.calzetti = calzetti_k(wave)
+        self.drude = (wave * 350.0) ** 2 / ((wave**2 - 2175.0**2) ** 2 + (wave * 350.0) ** 2)  # D / E_b
+        self.log_ratio = np.log(wave / 5500.0)
+        self.inverse_ratio = 5500.0 / wave
+
+    def ism_optical_depth(self, tau_ism, n_dust) -> np.ndarray:
+        """tau_ISM(lambda), shape (n, n_wave) for tau_ism, n_dust of shape (n,)."""
+        tau_ism = np.asarray(tau_ism, dtype=float)[:, None]
+        n_dust = np.asarray(n_dust, dtype=float)[:, None]
+        curve = self.calzetti + (0.85 - 1.9 * n_dust) * self.drude
+        curve = np.multiply(tau_ism / 4.05, curve, out=curve)
+        power = np.exp(np.multiply(n_dust, self.log_ratio))           # (lam / 5500)**n_dust
+        return np.multiply(curve, power, out=curve)
+
+    def birth_cloud_optical_depth(self, tau_bc) -> np.ndarray:
+        """tau_BC(lambda) = tau_bc (lambda / 5500)^-1, shape (n, n_wave)."""
+        return np.asarray(tau_bc, dtype=float)[:, None] * self.inverse_ratio[None, :]
+
+
 def ism_optical_depth(wave, tau_ism, n_dust) -> np.ndarray:
     """tau_ISM(lambda), shape (n, n_wave) for tau_ism, n_dust of shape (n,)."""
-    wave = np.asarray(wave, dtype=float)
-    tau_ism = np.asarray(tau_ism, dtype=float)[:, None]
-    n_dust = np.asarray(n_dust, dtype=float)[:, None]
-    drude = (wave * 350.0) ** 2 / ((wave**2 - 2175.0**2) ** 2 + (wave * 350.0) ** 2)  # D / E_b
-    curve = calzetti_k(wave) + (0.85 - 1.9 * n_dust) * drude
-    return (tau_ism / 4.05) * curve * np.exp(n_dust * np.log(wave / 5500.0))
+    return DustCurves(wave).ism_optical_depth(tau_ism, n_dust)
 
 
 def birth_cloud_optical_depth(wave, tau_bc) -> np.ndarray:
     """tau_BC(lambda) = tau_bc (lambda / 5500)^-1, shape (n, n_wave)."""
-    return np.asarray(tau_bc, dtype=float)[:, None] * (5500.0 / np.asarray(wave, dtype=float))[None, :]
+    return DustCurves(wave).birth_cloud_optical_depth(tau_bc)

@@ -85,6 +85,8 @@ class Photometry:
         zfine = np.linspace(1e-4, z_max * 1.001 + 1e-3, 4000)
         self._zfine = zfine
         self._dl_cm = self.cosmology.luminosity_distance(zfine).to_value("Mpc") * MPC_CM
+        self._dl_over_z = self._dl_cm / zfine
+        self._z_index = np.arange(self.z_grid.size, dtype=float)
         self._tage_gyr = self.cosmology.age(zfine).to_value("Gyr")
 
     def age_of_universe(self, z) -> np.ndarray:
@@ -93,7 +95,7 @@ class Photometry:
 
     def luminosity_distance_cm(self, z) -> np.ndarray:
         # d_L is smooth; interpolate d_L / z (~ c/H0 at z -> 0) to keep relative accuracy at small z
-        return z * np.interp(z, self._zfine, self._dl_cm / self._zfine)
+        return z * np.interp(z, self._zfine, self._dl_over_z)
 
     def check_redshift(self, z, n: int) -> np.ndarray:
         z = np.asarray(z, dtype=float)
@@ -109,18 +111,23 @@ class Photometry:
 
     def nanomaggies(self, lum: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Fluxes (n, n_bands) [nanomaggies] of rest-frame spectra lum (n, n_wave) [Lsun/A] at z (n,)."""
-        pos = np.interp(z, self.z_grid, np.arange(self.z_grid.size))
+        pos = np.interp(z, self.z_grid, self._z_index)
         k = np.minimum(pos.astype(int), self.z_grid.size - 2)
         w = (pos - k)[:, None]
-        # Group galaxies by redshift node so each group is two small matrix products
-        # (a loop over the <= len(z_grid) nodes present, never over galaxies).
-        flux = np.empty((lum.shape[0], self._kernel.shape[2]))
-        order = np.argsort(k, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(k[order]) != 0])
-        for a, b in zip(starts, np.r_[starts[1:], order.size]):
-            idx = order[a:b]
-            node = k[idx[0]]
-            part = lum[idx]
-            flux[idx] = (1 - w[idx]) * (part @ self._kernel[node]) + w[idx] * (part @ self._kernel[node + 1])
+        if k.size and (k == k[0]).all():      # one node (an MCMC batch at one z): no grouping
+            node = k[0]
+            flux = (1 - w) * (lum @ self._kernel[node]) + w * (lum @ self._kernel[node + 1])
+        else:
+            # Group galaxies by redshift node so each group is two small matrix products
+            # (a loop over the <= len(z_grid) nodes present, never over galaxies).
+            flux = np.empty((lum.shape[0], self._kernel.shape[2]))
+            order = np.argsort(k, kind="stable")
+            sorted_k = k[order]
+            starts = np.flatnonzero(np.concatenate([[True], sorted_k[1:] != sorted_k[:-1]]))
+            for a, b in zip(starts, np.append(starts[1:], order.size)):
+                idx = order[a:b]
+                node = k[idx[0]]
+                part = lum[idx]
+                flux[idx] = (1 - w[idx]) * (part @ self._kernel[node]) + w[idx] * (part @ self._kernel[node + 1])
         dl = self.luminosity_distance_cm(z)
         return flux * (1e9 * LSUN_ERG_S / (4 * np.pi * dl**2))[:, None]
