@@ -56,22 +56,48 @@ def _best_fit_chi2(sed, theta, flux, flux_err, z):
     return chi2[np.arange(n), best], theta[np.arange(n), best]
 
 
-def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out):
+def _one_mcmc(flux, flux_err, z, sed, prior, seed, options):
+    """One galaxy's zeus run (a Ray task: one CPU each)."""
     from sedflow.mcmc import run_mcmc
 
-    rows, t_anpe, t_mcmc = [], [], []
-    keep = {}
+    return run_mcmc(flux, flux_err, z, model=sed, prior=prior, seed=seed, **options)
+
+
+def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out, address=None):
+    """ANPE draws in this process; the MCMC runs fanned out as Ray tasks, one galaxy per CPU
+    (local Ray, or the cluster at ``address``): at paper settings one galaxy takes minutes."""
+    import ray
+    from tqdm.auto import tqdm
+
+    from sedflow.ray_utils import ray_session
+
+    anpe, t_anpe = [], []
     for i in range(n_mcmc):
         t0 = time.perf_counter()
-        a = post.sample(sims["x"][i:i + 1], n_samples, seed=seed + i)[0]
+        anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=seed + i)[0])
         t_anpe.append(time.perf_counter() - t0)
-        res = run_mcmc(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed, prior=post.prior,
-                       seed=seed + i, **(mcmc_options or {}))
+    with ray_session(address):
+        task = ray.remote(_one_mcmc).options(num_cpus=1)
+        sed_ref, prior_ref = ray.put(sed), ray.put(post.prior)
+        refs = [task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], sed_ref, prior_ref, seed + i,
+                            mcmc_options or {}) for i in range(n_mcmc)]
+        pending = list(refs)
+        with tqdm(total=n_mcmc, desc="MCMC", unit="galaxy") as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                bar.update(len(done))
+        results = ray.get(refs)
+
+    rows, t_mcmc = [], []
+    keep = {}
+    for i, (a, res) in enumerate(zip(anpe, results)):
         t_mcmc.append(res.seconds)
         m = res.samples
         sig = np.maximum(np.std(m, axis=0), 1e-12)
         rows.append({"offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
-                     "width_ratio": (np.std(a, 0) / sig).tolist(), "converged": bool(res.converged)})
+                     "width_ratio": (np.std(a, 0) / sig).tolist(), "converged": bool(res.converged),
+                     "max_autocorr_time": float(np.max(res.autocorr_time)), "max_rhat": float(np.max(res.rhat)),
+                     "mcmc_seconds": float(res.seconds)})
         if i == 0:
             keep = {"anpe": a, "mcmc": m, "mcmc_best": res.best_theta}
     offset = np.array([r["offset"] for r in rows])
@@ -80,7 +106,8 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out
     return {"n": n_mcmc, "converged": int(sum(r["converged"] for r in rows)),
             "median_abs_offset_over_sigma": dict(zip(PARAM_NAMES, np.median(offset, 0).tolist())),
             "median_width_ratio": dict(zip(PARAM_NAMES, np.median(ratio, 0).tolist())),
-            "anpe_seconds_per_galaxy": float(np.mean(t_anpe)), "mcmc_seconds_per_galaxy": float(np.mean(t_mcmc))}
+            "anpe_seconds_per_galaxy": float(np.mean(t_anpe)), "mcmc_seconds_per_galaxy": float(np.mean(t_mcmc)),
+            "galaxies": rows}
 
 
 def _plot_overlay(post, sed, sims, keep, path):
@@ -133,8 +160,10 @@ def _real_data(post, sed, catalog, spec, n_samples, seed):
 
 
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
-             catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, mcmc_options: dict | None = None) -> dict:
-    """Write the validation report to ``out_dir``; returns the metrics dict."""
+             catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, mcmc_options: dict | None = None,
+             address: str | None = None) -> dict:
+    """Write the validation report to ``out_dir``; returns the metrics dict. The MCMC runs go to
+    the Ray cluster at ``address`` (default: a local Ray on this machine's CPUs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +193,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     plot_tarp(tarp(samples, sims["theta"], seed=seed), out / "tarp.png")
 
     if n_mcmc > 0:
-        mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out)
+        mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out, address)
         mc["passes"] = all(v < THRESHOLDS["mcmc_median_offset_max"] for v in mc["median_abs_offset_over_sigma"].values())
         metrics["mcmc"] = mc
 
