@@ -119,6 +119,7 @@ class _Group:
         """SIGTERM every process of the session, SIGKILL what is left after `grace` s;
         returns the pids that were stopped."""
         procs = self.processes()
+        stopped = [p.pid for p in procs]
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             for p in procs:
                 try:
@@ -133,7 +134,7 @@ class _Group:
         alive = [p.pid for p in procs if _running(p)]
         if alive:
             raise RuntimeError(f"{self.name}: processes {alive} survived SIGKILL")
-        return [self.pid]
+        return stopped
 
 
 class _Cluster:
