@@ -71,15 +71,22 @@ def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc
     return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples)})
 
 
+def observables(flux, err, z) -> np.ndarray:
+    """x (n, 11) in X_NAMES order (AB mags, mag errors, z) from fluxes and 1-sigma errors (n, 5)
+    [nanomaggies] and z (n,); non-positive fluxes give NaN/inf rows, not warnings."""
+    flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux,
+                                np.asarray(z, dtype=float).reshape(-1)])
+
+
 def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray, dict]:
     """x (n, 11) in X_NAMES order and the flags of a standard-form frame (see module docstring)."""
     flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy(dtype=float)
     err = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy(dtype=float)
     z = frame["z"].to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = nanomaggies_to_mag(flux)
-        mag_err = MAG_ERR_PER_FRAC * err / flux
-    x = np.column_stack([mag, mag_err, z])
+    x = observables(flux, err, z)
+    mag, mag_err = x[:, :5], x[:, 5:10]
     ood = post.config["ood"]
     zlo, zhi = ood["z_range"]
     with np.errstate(invalid="ignore"):

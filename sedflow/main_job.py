@@ -53,6 +53,7 @@ def _figures(table, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sedflow.infer import observables
     from sedflow.posterior import load_model
     from sedflow.prior import PARAM_NAMES
     from sedflow.sps.model import SEDModel
@@ -75,18 +76,18 @@ def _figures(table, out: Path) -> None:
     row = table[ok & ~ood].iloc[0]
     flux = np.array([row[f"flux_{b}"] for b in BANDS])
     err = np.array([row[f"flux_err_{b}"] for b in BANDS])
-    x = np.concatenate([22.5 - 2.5 * np.log10(flux), 2.5 / np.log(10) * err / flux, [row["z"]]])
-    theta = load_model().sample(x[None], 5000, seed=0)[0]     # more draws than are kept, for smooth contours
+    theta = load_model().sample(observables(flux, err, row["z"]), 5000, seed=0)[0]  # more draws than kept: smooth contours
     idx = [0, 5, 6, 10, 11]
     fig = corner.corner(theta[:, idx], labels=[PARAM_NAMES[i] for i in idx], plot_datapoints=False)
     sed = SEDModel.default()
     model = sed.photometry(theta, row["z"])
-    best = theta[np.argmin(np.sum(((model - flux) / err) ** 2, axis=1))]
+    i_best = np.argmin(np.sum(((model - flux) / err) ** 2, axis=1))
+    best = theta[i_best]
     wave, lum = sed.spectrum(best[None], row["z"])
     ax = fig.add_axes([0.6, 0.68, 0.36, 0.28])
     obs = wave * (1 + row["z"])
     fnu = lum[0] * obs**2                                   # f_nu up to a constant
-    fnu *= sed.photometry(best[None], row["z"])[0, 2] / np.interp(6166.0, obs, fnu)
+    fnu *= model[i_best, 2] / np.interp(6166.0, obs, fnu)
     ax.loglog(obs, fnu, lw=0.7, label="best-fit SED (f_nu, scaled at r)")
     centres = np.array([3551, 4686, 6166, 7480, 8932])
     ax.errorbar(centres, flux, err, fmt="o", color="C3", label="photometry [nmgy]")

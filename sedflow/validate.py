@@ -56,19 +56,13 @@ def _best_fit_chi2(sed, theta, flux, flux_err, z):
     return chi2[np.arange(n), best], theta[np.arange(n), best]
 
 
-def _one_mcmc(flux, flux_err, z, sed, prior, seed, options):
-    """One galaxy's zeus run (a Ray task: one CPU each)."""
-    from sedflow.mcmc import run_mcmc
-
-    return run_mcmc(flux, flux_err, z, model=sed, prior=prior, seed=seed, **options)
-
-
 def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out, address=None):
     """ANPE draws in this process; the MCMC runs fanned out as Ray tasks, one galaxy per CPU
     (local Ray, or the cluster at ``address``): at paper settings one galaxy takes minutes."""
     import ray
     from tqdm.auto import tqdm
 
+    from sedflow.mcmc import run_mcmc
     from sedflow.ray_utils import ray_session
 
     anpe, t_anpe = [], []
@@ -77,10 +71,10 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out
         anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=seed + i)[0])
         t_anpe.append(time.perf_counter() - t0)
     with ray_session(address):
-        task = ray.remote(_one_mcmc).options(num_cpus=1)
+        task = ray.remote(run_mcmc).options(num_cpus=1)        # one galaxy per CPU
         sed_ref, prior_ref = ray.put(sed), ray.put(post.prior)
-        refs = [task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], sed_ref, prior_ref, seed + i,
-                            mcmc_options or {}) for i in range(n_mcmc)]
+        refs = [task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed_ref, prior=prior_ref,
+                            seed=seed + i, **(mcmc_options or {})) for i in range(n_mcmc)]
         pending = list(refs)
         with tqdm(total=n_mcmc, desc="MCMC", unit="galaxy") as bar:
             while pending:

@@ -221,6 +221,16 @@ def _nmf_mass_fraction(cum_edges: np.ndarray, betas: np.ndarray) -> np.ndarray:
     return mass / total[:, None]
 
 
+def _truncated_bin(tage: np.ndarray) -> np.ndarray:
+    """Index of the lookback bin holding t_age (np.minimum/maximum: np.clip's wrapper costs ~10 us a call)."""
+    return np.minimum(np.maximum(np.searchsorted(LOOKBACK_EDGES, tage, side="left") - 1, 0), N_BINS - 1)
+
+
+def _burst_fraction(fburst: np.ndarray, tburst: np.ndarray, tage: np.ndarray) -> np.ndarray:
+    """f_burst where the burst happened after the big bang (t_burst < t_age), else 0."""
+    return np.where(tburst < tage, fburst, 0.0)
+
+
 def populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> Populations:
     """Stellar populations of galaxies with parameters theta (n, 12) and ages tage (n,) [Gyr]."""
     n = theta.shape[0]
@@ -228,13 +238,12 @@ def populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> Populat
 
     fixed = _fixed_edge_tables(bases)
     beyond = LOOKBACK_EDGES[None, :] >= tage[:, None]                   # edges truncated to t_age
-    # index of the bin holding t_age (np.minimum/maximum: np.clip's wrapper costs ~10 us a call)
-    itrunc = np.minimum(np.maximum(np.searchsorted(LOOKBACK_EDGES, tage, side="left") - 1, 0), N_BINS - 1)
+    itrunc = _truncated_bin(tage)
     rows = np.arange(n)
     # cumulative basis integrals at the truncated edges: fixed values below t_age, C(t_age) above
     cum_edges = np.where(beyond[None], bases.cumulative_sfh(tage)[:, :, None], fixed["cum"][:, None, :])
     nmf_mass = _nmf_mass_fraction(cum_edges, betas)                     # (n, 42)
-    fb = np.where(tburst < tage, fburst, 0.0)                           # no burst before the big bang
+    fb = _burst_fraction(fburst, tburst, tage)
 
     mass = np.empty((n, N_BINS + 1))
     np.multiply((1.0 - fb)[:, None], nmf_mass, out=mass[:, :N_BINS])
@@ -305,8 +314,8 @@ def split_populations(theta: np.ndarray, tage: np.ndarray, bases: NMFBases) -> S
     """`populations` as `SplitPopulations`: the same masses, ages and metallicities without (n, 43) gathers."""
     betas, fburst, tburst, gamma = theta[:, 1:5], theta[:, 5], theta[:, 6], theta[:, 7:9]
     fixed = _fixed_edge_tables(bases)
-    itrunc = np.clip(np.searchsorted(LOOKBACK_EDGES, tage, side="left") - 1, 0, N_BINS - 1)
-    fb = np.where(tburst < tage, fburst, 0.0)
+    itrunc = _truncated_bin(tage)
+    fb = _burst_fraction(fburst, tburst, tage)
     # NMF mass per unit total formed mass: betas scaled by (1 - f_burst) / sum_i beta_i int_0^t_age B_i
     total = bases.formed_mass(betas, tage)
     scaled = betas * ((1.0 - fb) / total)[:, None]
@@ -335,6 +344,6 @@ def formed_mass_fraction(theta: np.ndarray, tage: np.ndarray, bases: NMFBases, d
     total = bases.formed_mass(betas, tage)[:, None]
     # int_0^dt B_i is the same for every galaxy; a window longer than t_age holds all the mass
     formed = np.where(tage[:, None] > windows, betas @ bases.cumulative_sfh(windows), total)
-    fb = np.where(tburst < tage, fburst, 0.0)[:, None]
+    fb = _burst_fraction(fburst, tburst, tage)[:, None]
     frac = (1.0 - fb) * formed / total + np.where(tburst[:, None] < windows, fb, 0.0)
     return frac.reshape(tage.shape + dt.shape)
