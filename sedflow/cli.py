@@ -183,7 +183,7 @@ def _validate(args) -> int:
     m = validate(args.out, model_path=args.model, n_test=args.n_test, n_samples=args.samples, n_mcmc=args.mcmc,
                  catalog=args.catalog, catalog_spec=args.spec,
                  mcmc_options={"n_walkers": args.mcmc_walkers, "n_steps": args.mcmc_steps,
-                               "burn_in": args.mcmc_burn_in}, address=args.address)
+                               "burn_in": args.mcmc_burn_in}, address=args.address, mcmc_dir=args.mcmc_dir)
     cal = m["calibration"]["passes"]
     print(f"report: {Path(args.out) / 'report.md'}; SBC {'pass' if cal['sbc'] else 'FAIL'}, "
           f"p-p {'pass' if cal['pp'] else 'FAIL'}"
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--catalog", type=cli_path, help="real catalog for flag fractions and chi^2 (default: the NSA rows in ../shared)")
     v.add_argument("--spec", default="nsa", help="its catalog description (default nsa)")
     v.add_argument("--address", help="Ray address for the MCMC runs, one galaxy per CPU (default: local Ray)")
+    v.add_argument("--mcmc-dir", type=cli_path,
+                   help="where the MCMC chains are kept and reused from (default OUT/mcmc); they do not depend "
+                        "on the model, so reports of several models can share them")
     v.set_defaults(func=_validate)
 
     r = sub.add_parser("run", help="the main job on embedded defaults (SDSS sample -> posteriors)")

@@ -85,7 +85,7 @@ from sedflow.storage import cli_path
 if TYPE_CHECKING:
     from sedflow.sps.model import SEDModel
 
-__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "split_rhat", "write_samples", "format_summary",
+__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "split_rhat", "write_samples", "read_samples", "format_summary",
            "add_mcmc_parser", "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
 
 PAPER_WALKERS = 30       # [paper] Sec. 5 / PROVABGS
@@ -491,11 +491,11 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
 # output
 # ----------------------------------------------------------------------------------------------
 
-def write_samples(result: McmcResult, path, flux=None, flux_err=None) -> Path:
+def write_samples(result: McmcResult, path, flux=None, flux_err=None, extra: dict | None = None) -> Path:
     """Write ``result.samples`` as Parquet, one float64 column per parameter, atomically.
 
-    The run's summary (settings, diagnostics, and the input fluxes if given) goes into the
-    schema metadata under ``b"sedflow.mcmc"`` as JSON.
+    The run's summary (settings, diagnostics, the input fluxes if given, and ``extra``) goes
+    into the schema metadata under ``b"sedflow.mcmc"`` as JSON; `read_samples` reads both back.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -506,6 +506,7 @@ def write_samples(result: McmcResult, path, flux=None, flux_err=None) -> Path:
         meta["flux"] = [float(v) for v in flux]
     if flux_err is not None:
         meta["flux_err"] = [float(v) for v in flux_err]
+    meta.update(extra or {})
     schema = pa.schema([pa.field(n, pa.float64(), nullable=False) for n in result.names],
                        metadata={b"sedflow.mcmc": json.dumps(meta).encode()})
     table = pa.Table.from_arrays([pa.array(result.samples[:, i]) for i in range(len(result.names))], schema=schema)
@@ -518,6 +519,18 @@ def write_samples(result: McmcResult, path, flux=None, flux_err=None) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def read_samples(path) -> tuple[np.ndarray, dict]:
+    """Samples (n, 12) and the metadata dict of a file written by `write_samples`."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = (table.schema.metadata or {}).get(b"sedflow.mcmc")
+    if meta is None or table.column_names != list(PARAM_NAMES):
+        raise ValueError(f"{path} is not an MCMC sample file written by sedflow (columns {PARAM_NAMES})")
+    samples = np.column_stack([table.column(n).to_numpy() for n in PARAM_NAMES])
+    return samples, json.loads(meta)
 
 
 def format_summary(result: McmcResult) -> str:

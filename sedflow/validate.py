@@ -56,51 +56,81 @@ def _best_fit_chi2(sed, theta, flux, flux_err, z):
     return chi2[np.arange(n), best], theta[np.arange(n), best]
 
 
-def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out, address=None):
-    """ANPE draws in this process; the MCMC runs fanned out as Ray tasks, one galaxy per CPU
-    (local Ray, or the cluster at ``address``): at paper settings one galaxy takes minutes."""
+def _mcmc_request(sims, i, seed, mcmc_options) -> dict:
+    """What determines galaxy i's chain: its photometry, z, seed and the sampler settings (not the flow)."""
+    return {"flux": [float(v) for v in sims["flux"][i]], "flux_err": [float(v) for v in sims["flux_err"][i]],
+            "z": float(sims["z"][i]), "seed": int(seed + i), "options": dict(sorted((mcmc_options or {}).items()))}
+
+
+def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, address=None) -> list[tuple]:
+    """(samples, summary) of zeus for galaxies 0..n_mcmc-1, read from ``chain_dir`` where a file there
+    was run on the same request; the others run as Ray tasks, one galaxy per CPU (local Ray, or the
+    cluster at ``address``: at paper settings one galaxy takes minutes) and each is written to
+    ``chain_dir`` as it finishes. The chains do not depend on the flow, so an interrupted report
+    resumes, and another model is validated against the same chains."""
     import ray
     from tqdm.auto import tqdm
 
-    from sedflow.mcmc import run_mcmc
+    from sedflow.mcmc import read_samples, run_mcmc, write_samples
     from sedflow.ray_utils import ray_session
 
+    chain_dir = Path(chain_dir)
+    chain_dir.mkdir(parents=True, exist_ok=True)
+    chains, todo = {}, []
+    for i in range(n_mcmc):
+        request, path = _mcmc_request(sims, i, seed, mcmc_options), chain_dir / f"galaxy-{i:04d}.parquet"
+        if path.exists():
+            samples, meta = read_samples(path)
+            if meta.get("request") == request:
+                chains[i] = (samples, meta)
+                continue
+        todo.append(i)
+    if todo:
+        with ray_session(address):
+            task = ray.remote(run_mcmc).options(num_cpus=1)        # one galaxy per CPU
+            sed_ref, prior_ref = ray.put(sed), ray.put(prior)
+            refs = {task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed_ref, prior=prior_ref,
+                                seed=seed + i, **(mcmc_options or {})): i for i in todo}
+            pending = list(refs)
+            with tqdm(total=n_mcmc, initial=n_mcmc - len(todo), desc="MCMC", unit="galaxy") as bar:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    i = refs[done[0]]
+                    res = ray.get(done[0])
+                    request = _mcmc_request(sims, i, seed, mcmc_options)
+                    path = write_samples(res, chain_dir / f"galaxy-{i:04d}.parquet", extra={"request": request})
+                    chains[i] = read_samples(path)
+                    bar.update(1)
+    return [chains[i] for i in range(n_mcmc)]
+
+
+def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out, chain_dir, address=None):
+    """ANPE (drawn here) vs the zeus chains of `_mcmc_chains`, per galaxy and parameter."""
     anpe, t_anpe = [], []
     for i in range(n_mcmc):
         t0 = time.perf_counter()
         anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=seed + i)[0])
         t_anpe.append(time.perf_counter() - t0)
-    with ray_session(address):
-        task = ray.remote(run_mcmc).options(num_cpus=1)        # one galaxy per CPU
-        sed_ref, prior_ref = ray.put(sed), ray.put(post.prior)
-        refs = [task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed_ref, prior=prior_ref,
-                            seed=seed + i, **(mcmc_options or {})) for i in range(n_mcmc)]
-        pending = list(refs)
-        with tqdm(total=n_mcmc, desc="MCMC", unit="galaxy") as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                bar.update(len(done))
-        results = ray.get(refs)
+    chains = _mcmc_chains(sed, post.prior, sims, n_mcmc, seed, mcmc_options, chain_dir, address)
 
-    rows, t_mcmc = [], []
-    keep = {}
-    for i, (a, res) in enumerate(zip(anpe, results)):
-        t_mcmc.append(res.seconds)
-        m = res.samples
+    rows = []
+    for a, (m, meta) in zip(anpe, chains):
         sig = np.maximum(np.std(m, axis=0), 1e-12)
+        par = meta["parameters"]
         rows.append({"offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
-                     "width_ratio": (np.std(a, 0) / sig).tolist(), "converged": bool(res.converged),
-                     "max_autocorr_time": float(np.max(res.autocorr_time)), "max_rhat": float(np.max(res.rhat)),
-                     "mcmc_seconds": float(res.seconds)})
-        if i == 0:
-            keep = {"anpe": a, "mcmc": m, "mcmc_best": res.best_theta}
+                     "width_ratio": (np.std(a, 0) / sig).tolist(), "converged": bool(meta["converged"]),
+                     "max_autocorr_time": max(p["autocorr_time"] for p in par.values()),
+                     "max_rhat": max(p["rhat"] for p in par.values()), "mcmc_seconds": float(meta["seconds"])})
     offset = np.array([r["offset"] for r in rows])
     ratio = np.array([r["width_ratio"] for r in rows])
+    m0, meta0 = chains[0]
+    keep = {"anpe": anpe[0], "mcmc": m0, "mcmc_best": np.array([meta0["parameters"][n]["best"] for n in PARAM_NAMES])}
     _plot_overlay(post, sed, sims, keep, out / "anpe_vs_mcmc.png")
-    return {"n": n_mcmc, "converged": int(sum(r["converged"] for r in rows)),
+    return {"n": n_mcmc, "converged": int(sum(r["converged"] for r in rows)), "chain_dir": str(chain_dir),
             "median_abs_offset_over_sigma": dict(zip(PARAM_NAMES, np.median(offset, 0).tolist())),
             "median_width_ratio": dict(zip(PARAM_NAMES, np.median(ratio, 0).tolist())),
-            "anpe_seconds_per_galaxy": float(np.mean(t_anpe)), "mcmc_seconds_per_galaxy": float(np.mean(t_mcmc)),
+            "anpe_seconds_per_galaxy": float(np.mean(t_anpe)),
+            "mcmc_seconds_per_galaxy": float(np.mean([r["mcmc_seconds"] for r in rows])),
             "galaxies": rows}
 
 
@@ -155,9 +185,11 @@ def _real_data(post, sed, catalog, spec, n_samples, seed):
 
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
              catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, mcmc_options: dict | None = None,
-             address: str | None = None) -> dict:
+             address: str | None = None, mcmc_dir=None) -> dict:
     """Write the validation report to ``out_dir``; returns the metrics dict. The MCMC runs go to
-    the Ray cluster at ``address`` (default: a local Ray on this machine's CPUs)."""
+    the Ray cluster at ``address`` (default: a local Ray on this machine's CPUs); their chains are
+    kept in ``mcmc_dir`` (default ``out_dir/mcmc``) and reused by any later report on the same
+    galaxies and settings, whatever the model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +219,8 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     plot_tarp(tarp(samples, sims["theta"], seed=seed), out / "tarp.png")
 
     if n_mcmc > 0:
-        mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out, address)
+        mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out,
+                              Path(mcmc_dir) if mcmc_dir else out / "mcmc", address)
         mc["passes"] = all(v < THRESHOLDS["mcmc_median_offset_max"] for v in mc["median_abs_offset_over_sigma"].values())
         metrics["mcmc"] = mc
 

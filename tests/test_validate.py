@@ -29,3 +29,23 @@ def test_validate_writes_every_section(tmp_path, ray_local):
     for name in ("pp.png", "sbc_ranks.png", "tarp.png", "anpe_vs_mcmc.png", "real_chi2.png", "report.md"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "metrics.json").read_text())["mcmc"]["n"] == 2
+
+
+def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_local):
+    """The chains depend on the galaxy and sampler settings only: a second report (any model) on
+    the same galaxies reads them back instead of rerunning zeus; other settings rerun it."""
+    opts = {"n_walkers": 24, "n_steps": 40, "burn_in": 10}
+    chains = tmp_path / "chains"
+    first = validate(tmp_path / "a", n_test=20, n_samples=100, n_mcmc=2, catalog=None, mcmc_options=opts,
+                     mcmc_dir=chains)["mcmc"]
+    files = sorted(chains.glob("galaxy-*.parquet"))
+    assert [f.name for f in files] == ["galaxy-0000.parquet", "galaxy-0001.parquet"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = validate(tmp_path / "b", n_test=20, n_samples=100, n_mcmc=2, catalog=None, mcmc_options=opts,
+                     mcmc_dir=chains)["mcmc"]
+    assert [f.stat().st_mtime_ns for f in files] == stamps            # read, not rerun
+    assert again["galaxies"] == first["galaxies"]
+    other = validate(tmp_path / "c", n_test=20, n_samples=100, n_mcmc=2, catalog=None,
+                     mcmc_options={**opts, "n_steps": 44}, mcmc_dir=chains)["mcmc"]
+    assert [f.stat().st_mtime_ns for f in files] != stamps            # other settings: rerun
+    assert [g["mcmc_seconds"] for g in other["galaxies"]] != [g["mcmc_seconds"] for g in first["galaxies"]]
