@@ -7,9 +7,10 @@
     sedflow simulate --n N --out DIR [--shards K] [--seed S] [--noise-model FILE] [--address RAY]
                      [--workers W]
     sedflow train DATA_DIR --out MODEL_DIR [--arch NAME] [--workers W] [--batch-size B] [--max-epochs E]
-                  [--address RAY]
+                  [--lr-patience 5] [--address RAY]
     sedflow mcmc --flux F F F F F --flux-err E E E E E --z Z [--walkers 30] [--steps 10000] [--burn-in 2000]
     sedflow validate --out REPORT_DIR [--model MODEL_DIR] [--n-test 1000] [--samples 10000] [--mcmc 50]
+                     [--mcmc-dir DIR] [--address RAY]
     sedflow run [--out DIR]                                the main job on embedded defaults
     sedflow infer CATALOG_DIR --out OUT_DIR [--model DIR] [--samples N] [--keep-samples K]
                   [--fallback mcmc] [--address DASK_SCHEDULER]
@@ -147,7 +148,8 @@ def _train(args) -> int:
     from sedflow.train import train
 
     s = train(args.data_dir, args.out, arch=args.arch, workers=args.workers, batch_size=args.batch_size,
-              max_epochs=args.max_epochs, lr=args.lr, patience=args.patience, seed=args.seed, address=args.address)
+              max_epochs=args.max_epochs, lr=args.lr, patience=args.patience, seed=args.seed, address=args.address,
+              lr_patience=args.lr_patience)
     print(f"trained {args.arch} ({s['parameters']:,} parameters) for {s['epochs']} epochs "
           f"(best {s['best_epoch']}, validation loss {s['best_val_loss']:.4f}) in {s['seconds']:.0f} s; "
           f"artifact in {s['artifact']}")
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-epochs", type=int, default=500)
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
+    t.add_argument("--lr-patience", type=int, default=5,
+                   help="halve the lr after this many epochs without a better validation loss (0: constant lr)")
     t.add_argument("--seed", type=int, default=0, help="train/validation split and initialisation seed")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")
     t.set_defaults(func=_train)

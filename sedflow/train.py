@@ -7,10 +7,11 @@ shard at a time), then runs a Ray Train ``TorchTrainer`` (DDP over gloo, CPU wor
 Ray when no address is given). Each worker reads only its own rows (row index modulo the
 number of workers), shard by shard, so the data never has to fit one worker.
 
-Adam, lr 5e-4, batch 2048 by default; the loss is the negative log density of the
-standardised unconstrained parameters; early stopping when the validation loss has not
-improved for ``patience`` (20) epochs, keeping the best epoch. A checkpoint is reported to
-Ray Train every epoch; rerunning the same command resumes from the last one (Ray Train
+Adam, lr 5e-4, batch 2048 by default, the lr halved whenever the validation loss has not
+improved for ``lr_patience`` (5) epochs (torch's ReduceLROnPlateau; 0 keeps it constant); the
+loss is the negative log density of the standardised unconstrained parameters; early stopping
+when the validation loss has not improved for ``patience`` (20) epochs, keeping the best
+epoch. A checkpoint is reported to Ray Train every epoch; rerunning the same command resumes from the last one (Ray Train
 restores the run from ``OUT/ray_train``). Per-epoch metrics are printed and written to
 ``OUT/metrics.json``; the artifact (`sedflow.posterior.save_model`) goes to ``OUT``.
 """
@@ -173,6 +174,9 @@ def _train_loop(cfg: dict) -> None:
     net = build_estimator(cfg["arch_kwargs"])
     model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    # lr x 1/2 after lr_patience epochs without a better validation loss (0: constant lr)
+    sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg["lr_patience"], threshold=0.0)
+             if cfg["lr_patience"] else None)
     state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "history": [], "best_net": None}
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -181,6 +185,10 @@ def _train_loop(cfg: dict) -> None:
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["optimizer"])
         state = {k: saved[k] for k in state}
+        if sched is not None and "scheduler" in saved:
+            sched.load_state_dict(saved["scheduler"])
+        elif sched is not None:       # a run begun at a constant lr: the schedule starts from its best epoch
+            sched.best, sched.num_bad_epochs = state["best_val"], state["epoch"] - state["best_epoch"]
 
     def all_reduce(values, op):
         t = torch.tensor(values, dtype=torch.float64)
@@ -214,7 +222,9 @@ def _train_loop(cfg: dict) -> None:
         train_loss, val_sum, val_n = all_reduce([total / n_batches, val_sum, len(u_va)], dist.ReduceOp.SUM
                                                 if world > 1 else None)
         metrics = {"epoch": epoch, "train_loss": train_loss / world, "val_loss": val_sum / max(val_n, 1),
-                   "epoch_seconds": time.perf_counter() - t0, "workers": world}
+                   "epoch_seconds": time.perf_counter() - t0, "workers": world, "lr": opt.param_groups[0]["lr"]}
+        if sched is not None:
+            sched.step(metrics["val_loss"])
         state["epoch"] = epoch
         state["history"].append(metrics)
         if metrics["val_loss"] < state["best_val"]:
@@ -224,10 +234,14 @@ def _train_loop(cfg: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save({"net": net.state_dict(), "optimizer": opt.state_dict(), **state}, Path(tmp) / "state.pt")
+                saved = {"net": net.state_dict(), "optimizer": opt.state_dict(), **state}
+                if sched is not None:
+                    saved["scheduler"] = sched.state_dict()
+                torch.save(saved, Path(tmp) / "state.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 print(f"[sedflow train] epoch {epoch:4d}  train {metrics['train_loss']:.4f}  "
                       f"val {metrics['val_loss']:.4f}  best {state['best_val']:.4f} (epoch {state['best_epoch']})  "
+                      f"lr {metrics['lr']:.2g}  "
                       f"{metrics['epoch_seconds']:.1f} s", flush=True)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -235,7 +249,7 @@ def _train_loop(cfg: dict) -> None:
 # ---------------------------------------------------------------------- driver
 def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_size: int = 2048,
           max_epochs: int = 500, lr: float = 5e-4, patience: int = 20, seed: int = 0,
-          val_fraction: float = 0.1, address: str | None = None) -> dict:
+          val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5) -> dict:
     """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
@@ -251,6 +265,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
     if workers < 1 or batch_size < 1 or max_epochs < 1:
         raise ValueError("workers, batch_size and max_epochs must be >= 1")
+    if lr_patience < 0:
+        raise ValueError(f"lr_patience must be >= 0 (0: constant lr), got {lr_patience}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards, manifest, fingerprint = training_data(data_dir)
@@ -269,7 +285,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         cfg = {"shards": [str(p.resolve()) for p in shards], "seed": seed, "val_fraction": val_fraction,
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
-               "threads_per_worker": max(1, cpus // workers)}
+               "lr_patience": lr_patience, "threads_per_worker": max(1, cpus // workers)}
         trainer = TorchTrainer(
             _train_loop, train_loop_config=cfg,
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
@@ -282,6 +298,9 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=True)
 
+    if state["best_net"] is None:
+        raise ValueError(f"the validation loss was never finite in {state['epoch']} epochs (training diverged); "
+                         f"lower --lr (was {lr:g}) and use a new --out")
     if "ood" not in stats:   # resumed run: the thresholds are recomputed, not cached
         stats["ood"] = _statistics(shards, seed, val_fraction)["ood"]
     net = build_estimator(ARCHITECTURES[arch])
@@ -303,7 +322,9 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         "simulation": manifest.get("config"),
         "training_data": {**fingerprint, "rows_train": stats["rows_train"], "val_fraction": val_fraction,
                           "split_seed": seed},
-        "training": {"optimizer": "Adam", "lr": lr, "batch_size": batch_size, "workers": workers,
+        "training": {"optimizer": "Adam", "lr": lr, "lr_patience": lr_patience,
+                     "lr_schedule": "ReduceLROnPlateau(factor=0.5, patience=lr_patience)" if lr_patience else "constant",
+                     "batch_size": batch_size, "workers": workers,
                      "max_epochs": max_epochs, "patience": patience, "epochs": state["epoch"],
                      "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"],
                      "wall_seconds_this_run": time.perf_counter() - t0},
