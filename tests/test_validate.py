@@ -5,6 +5,7 @@ test_diagnostics.py)."""
 import json
 
 import numpy as np
+import pytest
 from astropy.table import Table
 
 from conftest import shared_path
@@ -12,11 +13,18 @@ from sedflow.prior import PARAM_NAMES
 from sedflow.validate import validate
 
 
-def test_validate_writes_every_section(tmp_path, ray_local):
+@pytest.fixture(scope="module")
+def nsa60(tmp_path_factory):
+    """The first 60 NSA rows, as a small real catalog for the report's real-data section."""
+    path = tmp_path_factory.mktemp("nsa") / "nsa60.fits"
     nsa = Table.read(shared_path("nsa_lcs", "nsa_v0_1_2_lcs_subset.fits"), hdu=1)[:60]
-    nsa[["NSAID", "RA", "DEC", "Z", "NMGY", "NMGY_IVAR", "EXTINCTION"]].write(tmp_path / "nsa60.fits")
+    nsa[["NSAID", "RA", "DEC", "Z", "NMGY", "NMGY_IVAR", "EXTINCTION"]].write(path)
+    return path
+
+
+def test_validate_writes_every_section(tmp_path, ray_local, nsa60):
     out = tmp_path / "report"
-    m = validate(out, n_test=60, n_samples=200, n_mcmc=2, catalog=tmp_path / "nsa60.fits",
+    m = validate(out, n_test=60, n_samples=200, n_mcmc=2, catalog=nsa60,
                  mcmc_options={"n_walkers": 24, "n_steps": 60, "burn_in": 20})
     assert {"calibration", "mcmc", "real_data"} <= set(m)
     assert set(m["calibration"]["parameters"]) == set(PARAM_NAMES)
@@ -24,6 +32,9 @@ def test_validate_writes_every_section(tmp_path, ray_local):
     assert mc["n"] == 2 and len(mc["galaxies"]) == 2
     offsets = np.array(list(mc["median_abs_offset_over_sigma"].values()))
     assert offsets.shape == (12,) and np.all(np.isfinite(offsets)) and np.all(offsets >= 0)
+    halves = np.array(list(mc["median_mcmc_halves_offset_over_sigma"].values()))
+    assert halves.shape == (12,) and np.all(np.isfinite(halves)) and np.all(halves >= 0)
+    assert "MCMC halves offset" in (out / "report.md").read_text()
     # 60 steps cannot pass the convergence rule (50 x tau): the report must say so, not hide it
     assert mc["converged"] == 0 and all(g["mcmc_seconds"] > 0 for g in mc["galaxies"])
     for name in ("pp.png", "sbc_ranks.png", "tarp.png", "anpe_vs_mcmc.png", "real_chi2.png", "report.md"):
@@ -31,21 +42,21 @@ def test_validate_writes_every_section(tmp_path, ray_local):
     assert json.loads((out / "metrics.json").read_text())["mcmc"]["n"] == 2
 
 
-def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_local):
+def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_local, nsa60):
     """The chains depend on the galaxy and sampler settings only: a second report (any model) on
     the same galaxies reads them back instead of rerunning zeus; other settings rerun it."""
     opts = {"n_walkers": 24, "n_steps": 40, "burn_in": 10}
     chains = tmp_path / "chains"
-    first = validate(tmp_path / "a", n_test=20, n_samples=100, n_mcmc=2, catalog=None, mcmc_options=opts,
+    first = validate(tmp_path / "a", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, mcmc_options=opts,
                      mcmc_dir=chains)["mcmc"]
     files = sorted(chains.glob("galaxy-*.parquet"))
     assert [f.name for f in files] == ["galaxy-0000.parquet", "galaxy-0001.parquet"]
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = validate(tmp_path / "b", n_test=20, n_samples=100, n_mcmc=2, catalog=None, mcmc_options=opts,
+    again = validate(tmp_path / "b", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, mcmc_options=opts,
                      mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] == stamps            # read, not rerun
     assert again["galaxies"] == first["galaxies"]
-    other = validate(tmp_path / "c", n_test=20, n_samples=100, n_mcmc=2, catalog=None,
+    other = validate(tmp_path / "c", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60,
                      mcmc_options={**opts, "n_steps": 44}, mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] != stamps            # other settings: rerun
     assert [g["mcmc_seconds"] for g in other["galaxies"]] != [g["mcmc_seconds"] for g in first["galaxies"]]
