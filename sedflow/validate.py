@@ -56,10 +56,15 @@ def _best_fit_chi2(sed, theta, flux, flux_err, z):
     return chi2[np.arange(n), best], theta[np.arange(n), best]
 
 
-def _mcmc_request(sims, i, seed, mcmc_options) -> dict:
-    """What determines galaxy i's chain: its photometry, z, seed and the sampler settings (not the flow)."""
-    return {"flux": [float(v) for v in sims["flux"][i]], "flux_err": [float(v) for v in sims["flux_err"][i]],
-            "z": float(sims["z"][i]), "seed": int(seed + i), "options": dict(sorted((mcmc_options or {}).items()))}
+def _mcmc_request(sed, prior, sims, i, seed, mcmc_options) -> dict:
+    """What determines galaxy i's chain: its photometry, z, seed, the sampler settings, the SED
+    model and the prior (not the flow). JSON-normalised, as it is stored."""
+    request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": float(sims["z"][i]),
+               "seed": int(seed + i), "options": dict(sorted((mcmc_options or {}).items())),
+               "sed_model": {"ssp": sed.ssp.source, "bases": sed.bases.source, "t_esc_gyr": sed.t_esc,
+                             "filters": list(sed.band_names)},
+               "prior": prior.to_dict()}
+    return json.loads(json.dumps(request))
 
 
 def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, address=None) -> list[tuple]:
@@ -78,13 +83,15 @@ def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, addres
     chain_dir.mkdir(parents=True, exist_ok=True)
     chains, todo = {}, []
     for i in range(n_mcmc):
-        request, path = _mcmc_request(sims, i, seed, mcmc_options), chain_dir / f"galaxy-{i:04d}.parquet"
-        if path.exists():
+        request, path = _mcmc_request(sed, prior, sims, i, seed, mcmc_options), chain_dir / f"galaxy-{i:04d}.parquet"
+        try:
             samples, meta = read_samples(path)
-            if meta.get("request") == request:
-                chains[i] = (samples, meta)
-                continue
-        todo.append(i)
+        except (OSError, ValueError):        # absent or unreadable: (re)run it
+            meta = {}
+        if meta.get("request") == request:
+            chains[i] = (samples, meta)
+        else:
+            todo.append(i)
     if todo:
         with ray_session(address):
             task = ray.remote(run_mcmc).options(num_cpus=1)        # one galaxy per CPU
@@ -97,7 +104,7 @@ def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, addres
                     done, pending = ray.wait(pending, num_returns=1)
                     i = refs[done[0]]
                     res = ray.get(done[0])
-                    request = _mcmc_request(sims, i, seed, mcmc_options)
+                    request = _mcmc_request(sed, prior, sims, i, seed, mcmc_options)
                     path = write_samples(res, chain_dir / f"galaxy-{i:04d}.parquet", extra={"request": request})
                     chains[i] = read_samples(path)
                     bar.update(1)

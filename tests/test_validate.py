@@ -60,3 +60,9 @@ def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_loca
                      mcmc_options={**opts, "n_steps": 44}, mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] != stamps            # other settings: rerun
     assert [g["mcmc_seconds"] for g in other["galaxies"]] != [g["mcmc_seconds"] for g in first["galaxies"]]
+    # a damaged chain file is run again, not trusted and not fatal; the good one is still read
+    stamp0 = files[0].stat().st_mtime_ns
+    files[1].write_bytes(b"not parquet")
+    validate(tmp_path / "d", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60,
+             mcmc_options={**opts, "n_steps": 44}, mcmc_dir=chains)
+    assert files[1].read_bytes()[:4] == b"PAR1" and files[0].stat().st_mtime_ns == stamp0
