@@ -133,7 +133,8 @@ def _simulate(args) -> int:
     from sedflow.noise import NoiseModel
     from sedflow.simulate import SimulationConfig, run_simulation
 
-    config = SimulationConfig(n=args.n, shards=args.shards, seed=args.seed, z_min=args.z_min, z_max=args.z_max)
+    config = SimulationConfig(n=args.n, shards=args.shards, seed=args.seed, z_min=args.z_min, z_max=args.z_max,
+                              reported_errors=args.reported_errors)
     noise = NoiseModel.load(args.noise_model) if args.noise_model else None
     s = run_simulation(args.out, config, noise=noise, address=args.address, workers=args.workers,
                        progress=not args.quiet)
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--z-min", type=float, default=0.0)
     s.add_argument("--z-max", type=float, default=0.2)
+    s.add_argument("--reported-errors", choices=["observed", "true"], default="observed",
+                   help="report each galaxy's flux error from its observed flux, as catalogs do (default), or "
+                        "from its noiseless flux (the first simulations' convention; leaks the noise draw)")
     s.add_argument("--noise-model", type=cli_path, help="noise model JSON (default: the shipped SDSS+NSA-floors model)")
     s.add_argument("--address", help="Ray address (default: start a local Ray)")
     s.add_argument("--workers", type=int, help="most shards simulated at once (default: as many as Ray has CPUs)")

@@ -38,8 +38,10 @@ def held_out_simulations(post, sed, n: int, seed: int) -> dict:
 
     cfg = post.config.get("simulation") or {}
     noise = NoiseModel.from_dict(post.config["noise_model"])
+    # models trained before `reported_errors` existed were trained on "true" (sedflow.simulate)
     cols, _ = simulate_rows(sed, noise, post.prior, n, np.random.default_rng(seed),
-                            z_min=cfg.get("z_min", 0.0), z_max=cfg.get("z_max", 0.2))
+                            z_min=cfg.get("z_min", 0.0), z_max=cfg.get("z_max", 0.2),
+                            reported_errors=cfg.get("reported_errors", "true"))
     return {"theta": np.column_stack([cols[p] for p in PARAM_NAMES]),
             "x": np.column_stack([cols[c] for c in X_NAMES]),
             "flux": np.column_stack([cols[f"flux_{b}"] for b in BANDS]),

@@ -119,6 +119,30 @@ def test_killed_process_then_rerun(reference, tmp_path):
     assert shard_bytes(target, CONFIG) == shard_bytes(out, CONFIG)
 
 
+def test_reported_errors_do_not_give_away_the_noise_draw(sed_model, prior):
+    """The flow sees mag_err; it must not tell the noise realisation f_true / f_obs. Reported from the
+    observed flux (default), mag_err is the drawn sigma_mag, unrelated to the draw; reported from the
+    noiseless flux ("true", the first simulations' convention) it predicts the draw almost exactly
+    in the floor-dominated bands. Both conventions draw the same noise."""
+    noise = NoiseModel.default()
+    obs, _ = simulate_rows(sed_model, noise, prior, 6000, np.random.default_rng(5))
+    true, _ = simulate_rows(sed_model, noise, prior, 6000, np.random.default_rng(5), reported_errors="true")
+    np.testing.assert_array_equal(obs["flux_r"], true["flux_r"])
+
+    def leak(cols, b):
+        draw = cols[f"flux_true_{b}"] / cols[f"flux_{b}"]
+        bright = cols[f"mag_{b}"] < np.percentile(cols[f"mag_{b}"], 30)
+        return abs(np.corrcoef(cols[f"mag_err_{b}"][bright], draw[bright])[0, 1])
+
+    for b in "griz":
+        assert leak(obs, b) < 0.1, b
+        assert leak(true, b) > 0.8, b
+    # observed convention: the reported relative error is sigma_mag itself
+    np.testing.assert_allclose(obs["mag_err_r"], 1.0857362 * obs["flux_err_r"] / obs["flux_r"], rtol=1e-6)
+    with pytest.raises(ValueError, match="reported_errors"):
+        simulate_rows(sed_model, noise, prior, 10, 0, reported_errors="model")
+
+
 def test_other_configuration_in_same_directory_is_refused(reference, sed_model):
     out, _ = reference
     with pytest.raises(ValueError, match="another configuration"):
@@ -129,6 +153,7 @@ def test_other_configuration_in_same_directory_is_refused(reference, sed_model):
     (SimulationConfig(n=0, shards=1), "shards"),
     (SimulationConfig(n=10, shards=20), "shards"),
     (SimulationConfig(n=10, shards=1, z_max=0.9), "z_max"),
+    (SimulationConfig(n=10, shards=1, reported_errors="exact"), "reported_errors"),
 ])
 def test_bad_configuration(tmp_path, sed_model, config, match):
     with pytest.raises(ValueError, match=match):
