@@ -5,7 +5,7 @@
     sedflow noise check CATALOG --spec SPEC [--model FILE] compare a noise model with a catalog
     sedflow ingest --spec SPEC INPUT --out DIR [--partition-rows N | --healpix-order K]
     sedflow simulate --n N --out DIR [--shards K] [--seed S] [--noise-model FILE] [--address RAY]
-                     [--workers W]
+                     [--workers W] [--reported-errors observed|true]
     sedflow train DATA_DIR --out MODEL_DIR [--arch NAME] [--workers W] [--batch-size B] [--max-epochs E]
                   [--lr-patience 5] [--address RAY]
     sedflow mcmc --flux F F F F F --flux-err E E E E E --z Z [--walkers 30] [--steps 10000] [--burn-in 2000]

@@ -11,9 +11,10 @@ Adam, lr 5e-4, batch 2048 by default, the lr halved whenever the validation loss
 improved for ``lr_patience`` (5) epochs (torch's ReduceLROnPlateau; 0 keeps it constant); the
 loss is the negative log density of the standardised unconstrained parameters; early stopping
 when the validation loss has not improved for ``patience`` (20) epochs, keeping the best
-epoch. A checkpoint is reported to Ray Train every epoch; rerunning the same command resumes from the last one (Ray Train
-restores the run from ``OUT/ray_train``). Per-epoch metrics are printed and written to
-``OUT/metrics.json``; the artifact (`sedflow.posterior.save_model`) goes to ``OUT``.
+epoch. A checkpoint is reported to Ray Train every epoch; rerunning the same command resumes
+from the last one (Ray Train restores the run from ``OUT/ray_train``). Per-epoch metrics are
+printed and written to ``OUT/metrics.json``; the artifact (`sedflow.posterior.save_model`)
+goes to ``OUT``.
 """
 
 from __future__ import annotations

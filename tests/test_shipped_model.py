@@ -6,9 +6,9 @@ import pytest
 
 from sedflow.diagnostics import calibration_report
 from sedflow.noise import NoiseModel
-from sedflow.posterior import X_NAMES, default_model_path, load_model
+from sedflow.posterior import default_model_path, load_model
 from sedflow.prior import PARAM_NAMES
-from sedflow.simulate import simulate_rows
+from sedflow.validate import held_out_simulations
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,8 @@ def test_shipped_artifact(post):
 
 def test_shipped_model_is_calibrated_on_fresh_simulations(post, sed_model):
     """200 held-out simulations drawn exactly as the training set (fresh seed), 1,000 draws each."""
-    noise = NoiseModel.from_dict(post.config["noise_model"])
-    cols, _ = simulate_rows(sed_model, noise, post.prior, 200, np.random.default_rng(20261126))
-    truths = np.column_stack([cols[n] for n in PARAM_NAMES])
-    x = np.column_stack([cols[n] for n in X_NAMES])
+    sims = held_out_simulations(post, sed_model, 200, seed=20261126)
+    truths, x = sims["theta"], sims["x"]
     samples = post.sample(x, 1000, seed=1)
     report = calibration_report(samples, truths, names=list(PARAM_NAMES))
     worst = min(p["sbc_ks_pvalue"] for p in report["parameters"].values())
