@@ -130,18 +130,20 @@ def test_lr_is_recorded_and_follows_the_plateau_rule(sims, tmp_path):
 
 
 def test_shipped_model_lr_schedule_followed_the_rule():
-    """The shipped model was trained at a constant lr up to epoch 303 (before the schedule existed),
-    then resumed with ``--lr-patience 5`` (MODEL_CARD.md): the schedule took over from that run's
-    best epoch, and the recorded history obeys the rule from there."""
+    """The shipped model's recorded history obeys the lr schedule it records (MODEL_CARD.md). A run
+    begun at a constant lr and resumed with the schedule (epochs without a recorded lr first) has
+    the schedule take over from that run's best epoch."""
     cfg = json.loads((Path(sedflow.__file__).parent / "data" / "model" / "config.json").read_text())
     hist, training = cfg["metrics"], cfg["training"]
     before = [h for h in hist if "lr" not in h]
     scheduled = hist[len(before):]
-    assert scheduled and all("lr" in h for h in scheduled) and training["lr_patience"] == 5
-    best = min(before, key=lambda h: h["val_loss"])
-    halvings = _check_plateau_rule(scheduled, training["lr"], training["lr_patience"], best=best["val_loss"],
-                                   bad=before[-1]["epoch"] - best["epoch"])
-    assert halvings >= 1 and training["best_epoch"] > before[-1]["epoch"]
+    assert scheduled and all("lr" in h for h in scheduled) and training["lr_patience"] > 0
+    best, bad = float("inf"), 0
+    if before:
+        best_h = min(before, key=lambda h: h["val_loss"])
+        best, bad = best_h["val_loss"], before[-1]["epoch"] - best_h["epoch"]
+    halvings = _check_plateau_rule(scheduled, training["lr"], training["lr_patience"], best=best, bad=bad)
+    assert halvings >= 1
 
 
 def test_bad_training_requests(sims, tmp_path):
