@@ -23,6 +23,9 @@ def test_shipped_artifact(post):
     assert cfg["architecture"]["name"] == "coupling"
     assert cfg["training_data"]["rows"] >= 1_000_000
     assert cfg["noise_model"] == NoiseModel.default().to_dict()
+    # trained on errors reported as catalogs report them (sedflow.simulate.simulate_rows), not on
+    # the convention that gives the noise draw away
+    assert cfg["simulation"]["reported_errors"] == "observed"
 
 
 def test_shipped_model_is_calibrated_on_fresh_simulations(post, sed_model):
