@@ -181,9 +181,7 @@ def _shard_complete(path: Path, n_rows: int) -> bool:
 
 def _manifest(config: SimulationConfig, noise: NoiseModel, model, prior: Prior) -> dict:
     return {"format": _FORMAT, "config": asdict(config), "prior": prior.to_dict(),
-            "noise_model": noise.to_dict(), "sed_model": {"ssp": model.ssp.source, "bases": model.bases.source,
-                                                          "t_esc_gyr": model.t_esc,
-                                                          "filters": list(model.band_names)},
+            "noise_model": noise.to_dict(), "sed_model": model.describe(),
             "schema": [f.name for f in SIM_SCHEMA]}
 
 

@@ -63,9 +63,7 @@ def _mcmc_request(sed, prior, sims, i, seed, mcmc_options) -> dict:
     model and the prior (not the flow). JSON-normalised, as it is stored."""
     request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": float(sims["z"][i]),
                "seed": int(seed + i), "options": dict(sorted((mcmc_options or {}).items())),
-               "sed_model": {"ssp": sed.ssp.source, "bases": sed.bases.source, "t_esc_gyr": sed.t_esc,
-                             "filters": list(sed.band_names)},
-               "prior": prior.to_dict()}
+               "sed_model": sed.describe(), "prior": prior.to_dict()}
     return json.loads(json.dumps(request))
 
 
@@ -83,14 +81,15 @@ def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, addres
 
     chain_dir = Path(chain_dir)
     chain_dir.mkdir(parents=True, exist_ok=True)
+    requests = [_mcmc_request(sed, prior, sims, i, seed, mcmc_options) for i in range(n_mcmc)]
+    paths = [chain_dir / f"galaxy-{i:04d}.parquet" for i in range(n_mcmc)]
     chains, todo = {}, []
     for i in range(n_mcmc):
-        request, path = _mcmc_request(sed, prior, sims, i, seed, mcmc_options), chain_dir / f"galaxy-{i:04d}.parquet"
         try:
-            samples, meta = read_samples(path)
+            samples, meta = read_samples(paths[i])
         except (OSError, ValueError):        # absent or unreadable: (re)run it
             meta = {}
-        if meta.get("request") == request:
+        if meta.get("request") == requests[i]:
             chains[i] = (samples, meta)
         else:
             todo.append(i)
@@ -105,10 +104,8 @@ def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, addres
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
                     i = refs[done[0]]
-                    res = ray.get(done[0])
-                    request = _mcmc_request(sed, prior, sims, i, seed, mcmc_options)
-                    path = write_samples(res, chain_dir / f"galaxy-{i:04d}.parquet", extra={"request": request})
-                    chains[i] = read_samples(path)
+                    write_samples(ray.get(done[0]), paths[i], extra={"request": requests[i]})
+                    chains[i] = read_samples(paths[i])     # as a later report will see it
                     bar.update(1)
     return [chains[i] for i in range(n_mcmc)]
 

@@ -105,6 +105,11 @@ class SEDModel:
         """BC03+MILES grid and the project's own NMF bases."""
         return cls(**kwargs)
 
+    def describe(self) -> dict:
+        """What identifies this model in manifests and artifacts (JSON-serialisable)."""
+        return {"ssp": self.ssp.source, "bases": self.bases.source, "t_esc_gyr": self.t_esc,
+                "filters": list(self.band_names)}
+
     # ------------------------------------------------------------------ input checks
     def _inputs(self, theta, z):
         theta = self.prior.require_support(theta)
