@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--address", help="Ray address for the MCMC runs, one galaxy per CPU (default: local Ray)")
     v.add_argument("--mcmc-dir", type=cli_path,
                    help="where the MCMC chains are kept and reused from (default OUT/mcmc); they do not depend "
-                        "on the model, so reports of several models can share them")
+                        "on the flow, so reports of several models can share them, as long as the held-out "
+                        "galaxies are the same (same --n-test; the same simulation settings and prior)")
     v.set_defaults(func=_validate)
 
     r = sub.add_parser("run", help="the main job on embedded defaults (SDSS sample -> posteriors)")

@@ -25,7 +25,7 @@ from sedflow.diagnostics import calibration_report, plot_pp, plot_rank_histogram
 from sedflow.noise import NoiseModel
 from sedflow.posterior import X_NAMES, load_model
 from sedflow.prior import PARAM_NAMES
-from sedflow.sps.photometry import BANDS
+from sedflow.sps.photometry import AB_ZEROPOINT_FNU, BANDS, C_ANGSTROM_S, LSUN_ERG_S
 
 __all__ = ["held_out_simulations", "validate", "THRESHOLDS"]
 
@@ -165,16 +165,22 @@ def _plot_overlay(post, sed, sims, keep, path):
     corner.corner(keep["anpe"][:, idx], fig=fig, color="C0", hist_kwargs={"density": True}, plot_datapoints=False)
     ax = fig.add_axes([0.62, 0.68, 0.34, 0.28])
     z = sims["z"][0]
-    chi2, best = _best_fit_chi2(sed, keep["anpe"][None, :500], sims["flux"][:1], sims["flux_err"][:1], sims["z"][:1])
+    _, best = _best_fit_chi2(sed, keep["anpe"][None, :500], sims["flux"][:1], sims["flux_err"][:1], sims["z"][:1])
+    # observed lambda F_lambda [erg/s/cm^2]: lambda L_lambda / (4 pi d_L^2) for the spectra, and
+    # nu F_nu = (c / lambda_eff) f_nu for the photometry (a nanomaggy is 3631e-9 Jy)
+    dl = sed.phot.luminosity_distance_cm(np.array([z]))[0]
+    lam_eff = sed.phot.filters.effective_wavelengths.to_value("Angstrom")
+    per_nanomaggy = C_ANGSTROM_S / lam_eff * AB_ZEROPOINT_FNU * 1e-9
     for theta, colour, label in ((best[0], "C0", "ANPE best fit"), (keep["mcmc_best"], "k", "MCMC best fit")):
         wave, lum = sed.spectrum(theta[None], z)
-        ax.loglog(wave * (1 + z), lum[0] * wave, color=colour, lw=0.8, label=label)
-    flux = sed.photometry(keep["mcmc_best"][None], z)[0]
-    lum_scale = (lum[0] * wave)[np.searchsorted(wave * (1 + z), 6200)] / flux[2]
-    centres = np.array([3551, 4686, 6166, 7480, 8932])
-    ax.errorbar(centres, sims["flux"][0] * lum_scale, sims["flux_err"][0] * lum_scale, fmt="o", color="C3",
-                label="photometry")
-    ax.set(xlabel="observed wavelength [A]", ylabel="lambda L_lambda (arb.)")
+        flux = sed.photometry(theta[None], z)[0]
+        chi2 = np.sum(((flux - sims["flux"][0]) / sims["flux_err"][0]) ** 2)
+        ax.loglog(wave * (1 + z), wave * lum[0] * LSUN_ERG_S / (4 * np.pi * dl ** 2), color=colour, lw=0.8,
+                  label=f"{label}, chi^2 {chi2:.1f}")
+        ax.plot(lam_eff, flux * per_nanomaggy, "s", mfc="none", color=colour, ms=5)
+    ax.errorbar(lam_eff, sims["flux"][0] * per_nanomaggy, sims["flux_err"][0] * per_nanomaggy, fmt="o",
+                color="C3", label="photometry (squares: the fits')")
+    ax.set(xlabel="observed wavelength [A]", ylabel="lambda F_lambda [erg/s/cm^2]")
     ax.legend(fontsize=6)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -205,7 +211,9 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     """Write the validation report to ``out_dir``; returns the metrics dict. The MCMC runs go to
     the Ray cluster at ``address`` (default: a local Ray on this machine's CPUs); their chains are
     kept in ``mcmc_dir`` (default ``out_dir/mcmc``) and reused by any later report on the same
-    galaxies and settings, whatever the model."""
+    galaxies and settings, whatever the flow. The held-out galaxies are a function of ``n_test``
+    (`simulate_rows` sizes its batches by it), ``seed`` and the model's simulation settings, so
+    a report with another ``n_test`` samples new galaxies and runs new chains."""
     import matplotlib
 
     matplotlib.use("Agg")
