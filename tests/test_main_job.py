@@ -1,16 +1,14 @@
-"""`sedflow run`, the README's first command: the 10,000 SDSS galaxies of ../shared through the
-shipped model on a local Dask cluster (fewer draws than the default, to stay quick)."""
+"""`sedflow run`, the README's first command: the 10,000 SDSS galaxies shipped in the kcorrect
+wheel through the shipped model on a local Dask cluster (fewer draws than the default, to stay
+quick)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow.dataset as ds
 
-from conftest import shared_path
-
 
 def test_main_job_gives_every_sdss_galaxy_one_posterior_and_resumes(tmp_path):
-    shared_path("sdss_kcorrect")
     from sedflow.main_job import run_main_job
 
     out = tmp_path / "run"
