@@ -28,7 +28,11 @@ def test_default_bases_are_valid():
 
 
 def test_default_bases_generator_is_reproducible(tmp_path):
-    """The committed default bases are exactly what the committed generator writes."""
+    """The committed default bases are what the committed generator writes, to rtol 1e-9.
+
+    Not byte for byte: the NMF's BLAS rounding depends on the CPU (11th significant digit seen
+    to differ), while a changed generator (library, seed, settings) moves the bases by far more.
+    """
     pytest.importorskip("sklearn")
     import runpy
     from importlib import resources
@@ -37,8 +41,12 @@ def test_default_bases_generator_is_reproducible(tmp_path):
     script = tmp_path / "make_default_bases.py"
     shutil.copy(src / "make_default_bases.py", script)
     runpy.run_path(str(script), run_name="__main__")
-    for f in (src / "default_bases").iterdir():
-        assert (tmp_path / "default_bases" / f.name).read_bytes() == f.read_bytes(), f.name
+    committed = sorted(f.name for f in (src / "default_bases").iterdir())
+    assert sorted(f.name for f in (tmp_path / "default_bases").iterdir()) == committed
+    for name in committed:
+        made, shipped = np.loadtxt(tmp_path / "default_bases" / name), np.loadtxt(src / "default_bases" / name)
+        assert made.shape == shipped.shape, name
+        np.testing.assert_allclose(made, shipped, rtol=1e-9, atol=1e-9 * np.abs(shipped).max(), err_msg=name)
 
 
 def test_provabgs_loader_orientation():
