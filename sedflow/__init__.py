@@ -2,10 +2,21 @@
 
 Re-implements SEDflow (Hahn & Melchior 2022, arXiv:2203.07391) with the PROVABGS
 "NMF + burst" SED model (Hahn et al. 2022, arXiv:2202.01809).
+
+Example
+-------
+>>> import sedflow
+>>> res = sedflow.fit([20.6, 60.2, 121.0, 170.3, 215.8], [2.1, 1.3, 2.2, 3.2, 6.2], 0.08,
+...                   spec="nsa", n_samples=1000)
+>>> list(res.summary["method"])
+['anpe']
 """
 
+from sedflow.fitting import FitResult, fit
+from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, Prior
 from sedflow.sps import BANDS, PROPERTY_NAMES, NMFBases, SEDModel, SSPGrid
 
 __version__ = "0.1.0"
-__all__ = ["PARAM_NAMES", "PROPERTY_NAMES", "BANDS", "Prior", "SEDModel", "NMFBases", "SSPGrid"]
+__all__ = ["fit", "FitResult", "load_model", "PARAM_NAMES", "PROPERTY_NAMES", "BANDS", "Prior", "SEDModel",
+           "NMFBases", "SSPGrid"]

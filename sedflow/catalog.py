@@ -1,10 +1,14 @@
-"""Catalog descriptions (``catalogs/*.yaml``) and reading a survey catalog into the standard form.
+"""Catalog descriptions and reading a survey catalog into the standard form.
 
 A new survey is a new YAML description, not new code. A description names the id, position
 and redshift columns, the flux and flux-error columns with their units (a multi-band array
 column with ``index``, an array column of exactly the bands, or one column per band with
 ``columns``), whether Galactic extinction is already applied, the survey's magnitude-error
-floors, and quality cuts. See ``catalogs/nsa.yaml`` and ``catalogs/sdss_kcorrect.yaml``.
+floors, and quality cuts. The shipped descriptions live in the package (``sedflow/catalogs/``,
+`shipped_specs` lists them) and load by name (``nsa``, ``sdss_kcorrect``); any YAML path works too.
+
+`read_catalog` reads a file; `standard_form` turns columns already in memory (from a file, a
+DataFrame or arrays, as `sedflow.fit` passes them) into the standard form, the same way.
 
 The standard form (a pandas DataFrame, one row per input row, same order, nothing dropped):
 
@@ -27,15 +31,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-__all__ = ["CatalogSpec", "read_catalog", "catalog_spec_dir", "kcorrect_sample_path", "MAG_ERR_PER_FRAC", "file_sha256"]
+__all__ = ["CatalogSpec", "read_catalog", "read_columns", "standard_form", "shipped_specs", "catalog_spec_dir",
+           "kcorrect_sample_path", "normalise_ids", "refuse_duplicate_ids", "MAG_ERR_PER_FRAC", "file_sha256"]
 
 MAG_ERR_PER_FRAC = 2.5 / np.log(10)  # sigma_mag = 1.0857 sigma_flux / flux
 
 
 def catalog_spec_dir() -> Path:
-    """The repository's ``catalogs/`` directory (next to the ``sedflow`` package)."""
-    return Path(__file__).resolve().parents[1] / "catalogs"
+    """The shipped catalog descriptions: ``sedflow/catalogs/`` inside the installed package."""
+    from importlib import resources
+
+    return Path(str(resources.files("sedflow") / "catalogs"))
+
+
+def shipped_specs() -> list[str]:
+    """Names of the shipped catalog descriptions (``CatalogSpec.load(name)``)."""
+    return sorted(p.stem for p in catalog_spec_dir().glob("*.yaml"))
 
 
 def kcorrect_sample_path() -> Path:
@@ -55,7 +68,7 @@ def file_sha256(path) -> str:
 
 @dataclass(frozen=True)
 class CatalogSpec:
-    """A survey catalog description (see the module docstring and ``catalogs/*.yaml``)."""
+    """A survey catalog description (see the module docstring and the shipped ``sedflow/catalogs/*.yaml``)."""
 
     name: str
     bands: tuple
@@ -73,17 +86,24 @@ class CatalogSpec:
 
     @classmethod
     def load(cls, spec) -> "CatalogSpec":
-        """Load from a YAML path, or by name from the repository's ``catalogs/``."""
+        """Load from a YAML path, or by name (`shipped_specs`); anything else raises ValueError."""
         import yaml
 
+        if isinstance(spec, cls):
+            return spec
         path = Path(spec)
         if not path.suffix and not path.exists():
             path = catalog_spec_dir() / f"{spec}.yaml"
         if not path.is_file():
-            known = sorted(p.stem for p in catalog_spec_dir().glob("*.yaml"))
-            raise FileNotFoundError(f"catalog description {spec!r} not found (known: {known})")
-        with open(path) as f:
-            d = yaml.safe_load(f)
+            raise ValueError(f"catalog description {str(spec)!r} not found: give a YAML path or one of the "
+                             f"shipped names {shipped_specs()}")
+        try:
+            with open(path) as f:
+                d = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not a valid YAML catalog description ({e})".replace("\n", " ")) from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a catalog description is a YAML mapping, got {type(d).__name__}")
         required = ("name", "bands", "flux", "flux_error", "redshift")
         missing = [k for k in required if k not in d]
         if missing:
@@ -106,30 +126,69 @@ class CatalogSpec:
         return cols
 
 
-def _read_table(path: Path, columns: list[str]) -> dict:
-    """Read ``columns`` of a FITS, CSV or Parquet file into numpy arrays (array columns 2-D)."""
-    name = path.name.lower()
-    if name.endswith((".fits", ".fit", ".fits.gz", ".fz")):
-        from astropy.table import Table
-
-        t = Table.read(path, hdu=1, memmap=False)
-        available, get = t.colnames, (lambda c: np.asarray(t[c]))
-    elif name.endswith((".csv", ".csv.gz")):
-        t = pd.read_csv(path)
-        available, get = list(t.columns), (lambda c: t[c].to_numpy())
-    elif name.endswith((".parquet", ".pq")):
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path).to_pandas()
-        available = list(t.columns)
-        # list-valued (array) columns arrive as object arrays of arrays
-        get = lambda c: np.stack(t[c].to_numpy()) if t[c].dtype == object and len(t) else t[c].to_numpy()
-    else:
-        raise ValueError(f"{path}: unsupported catalog format (FITS, CSV or Parquet)")
+def _table_columns(available, get, columns: list[str], where) -> dict:
     missing = [c for c in dict.fromkeys(columns) if c not in available]
     if missing:
-        raise ValueError(f"{path} lacks columns {missing} named by the catalog description")
+        raise ValueError(f"{where} lacks columns {missing} named by the catalog description "
+                         f"(it has {list(available)[:20]})")
     return {c: get(c) for c in dict.fromkeys(columns)}
+
+
+def frame_columns(frame: pd.DataFrame, columns: list[str], where="the DataFrame") -> dict:
+    """``columns`` of a pandas DataFrame as numpy arrays; array (list-valued) columns become 2-D."""
+    def get(c):
+        values = frame[c].to_numpy()
+        if values.dtype == object and len(values) and np.ndim(values[0]) == 1:
+            return np.stack(values)
+        return values
+
+    return _table_columns(list(frame.columns), get, columns, where)
+
+
+def read_columns(path, spec: "CatalogSpec", max_rows: int | None = None) -> dict:
+    """The columns a description names, read from a FITS, CSV or Parquet file (first ``max_rows``).
+
+    A file that cannot be read as its format raises a one-line ValueError saying so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"catalog {path} not found")
+    columns = spec.required_columns()
+    name = path.name.lower()
+    if name.endswith((".fits", ".fit", ".fits.gz", ".fz")):
+        fmt = "FITS"
+    elif name.endswith((".csv", ".csv.gz")):
+        fmt = "CSV"
+    elif name.endswith((".parquet", ".pq")):
+        fmt = "Parquet"
+    else:
+        raise ValueError(f"{path}: unsupported catalog format (FITS, CSV or Parquet, by file name)")
+    try:
+        if fmt == "FITS":
+            from astropy.io import fits
+            from astropy.table import Table
+
+            with fits.open(path, memmap=False) as hdul:
+                if len(hdul) < 2 or not isinstance(hdul[1], (fits.BinTableHDU, fits.TableHDU)):
+                    raise ValueError("its first extension (HDU 1) is not a table")
+                t = Table.read(hdul[1], format="fits")
+            frame = None
+        elif fmt == "CSV":
+            frame = pd.read_csv(path, nrows=max_rows)
+        else:
+            import pyarrow.parquet as pq
+
+            frame = pq.read_table(path).to_pandas()
+    except Exception as e:  # astropy, pandas and pyarrow each raise their own kinds
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot be read as a {fmt} catalog ({reason})") from None
+    if frame is None:
+        cols = _table_columns(t.colnames, lambda c: np.asarray(t[c]), columns, path)
+    else:
+        cols = frame_columns(frame, columns, path)
+    if max_rows is not None:
+        cols = {c: v[:max_rows] for c, v in cols.items()}
+    return cols
 
 
 def _bands_block(cols: dict, block: dict, nbands: int, what: str) -> np.ndarray:
@@ -147,16 +206,20 @@ def _bands_block(cols: dict, block: dict, nbands: int, what: str) -> np.ndarray:
     return arr
 
 
-def read_catalog(path, spec: CatalogSpec, apply_floors: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Read a catalog into the standard form; returns (frame, counts of flagged rows by reason).
+def read_catalog(path, spec: CatalogSpec, apply_floors: bool = True,
+                 max_rows: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Read a catalog file into the standard form; returns (frame, counts of flagged rows by reason).
 
     ``apply_floors``: add the description's magnitude-error floors in quadrature when the
     survey has not (``floor_applied: false``); the noise-model fit reads raw errors instead.
+    ``max_rows``: only the first rows (for trials).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"catalog {path} not found")
-    cols = _read_table(path, spec.required_columns())
+    return standard_form(read_columns(path, spec, max_rows), spec, apply_floors)
+
+
+def standard_form(cols: dict, spec: CatalogSpec, apply_floors: bool = True) -> tuple[pd.DataFrame, dict]:
+    """The standard form of columns already in memory (``{column name: array}``, as `read_columns`
+    returns them); see `read_catalog`. Nothing is dropped: bad values only set flags."""
     nb = len(spec.bands)
     flux = _bands_block(cols, spec.flux, nb, "flux")
     err_raw = _bands_block(cols, spec.flux_error, nb, "flux_error")
@@ -211,3 +274,39 @@ def read_catalog(path, spec: CatalogSpec, apply_floors: bool = True) -> tuple[pd
     if frame["id"].dtype.kind in "SU":
         frame["id"] = frame["id"].astype(str).str.strip()
     return frame, counts
+
+
+def normalise_ids(ids: pd.Series) -> tuple[np.ndarray, pa.DataType]:
+    """Native int64 ids (FITS gives big-endian ints) or strings; anything else is refused."""
+    values = ids.to_numpy()
+    if values.dtype.kind in "iu":
+        if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
+            raise ValueError("ids exceed the int64 range")
+        return values.astype(np.int64), pa.int64()
+    if values.dtype.kind == "f":
+        ok = np.isfinite(values) & (values == np.round(values))
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise ValueError(f"{bad.size} ids are not integers (e.g. rows {bad[:5].tolist()}: "
+                             f"{values[bad[:5]].tolist()})")
+        return values.astype(np.int64), pa.int64()
+    if pd.api.types.is_string_dtype(ids.dtype) or values.dtype.kind in "OSU":
+        as_str = ids.astype(str)
+        if ids.isna().any():
+            bad = np.flatnonzero(ids.isna().to_numpy())
+            raise ValueError(f"{bad.size} ids are missing (e.g. rows {bad[:5].tolist()})")
+        return as_str.to_numpy(dtype=object), pa.string()
+    raise ValueError(f"ids must be integers or strings, got dtype {ids.dtype}")
+
+
+def refuse_duplicate_ids(ids: np.ndarray) -> None:
+    """ValueError showing a few duplicated ids with their rows: posteriors join back by id."""
+    s = pd.Series(ids)
+    dup = s.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    groups = s[dup].groupby(s[dup], sort=False).groups
+    examples = "; ".join(f"id {k!r} at rows {list(v)[:4]}" for k, v in list(groups.items())[:5])
+    raise ValueError(f"duplicated ids: {len(groups)} ids occur more than once ({int(dup.sum())} rows), "
+                     f"e.g. {examples}. Every input row must map to one output row by id: fix the "
+                     f"catalog or give the description no id column (row numbers are then used)")

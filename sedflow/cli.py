@@ -176,7 +176,7 @@ def _run(args) -> int:
     from sedflow.main_job import run_main_job
 
     run_main_job(args.out, n_samples=args.samples, address=args.address, workers=args.workers,
-                 progress=not args.quiet)
+                 progress=not args.quiet, max_rows=args.max_rows)
     return 0
 
 
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise = sub.add_parser("noise", help="empirical noise model").add_subparsers(dest="noise_command", required=True)
     f = noise.add_parser("fit", help="fit sigma_mag(m) per band from a catalog")
     f.add_argument("catalog", type=cli_path, help="FITS, CSV or Parquet catalog")
-    f.add_argument("--spec", required=True, help="catalog description: name in catalogs/ or a YAML path")
+    f.add_argument("--spec", required=True, help="catalog description: a shipped name (nsa, sdss_kcorrect) or a YAML path")
     f.add_argument("--out", type=cli_path, required=True, help="output JSON file")
     f.add_argument("--floor", action="append", metavar="BAND=MAG", help="magnitude-error floor, repeatable")
     f.add_argument("--nsa-floors", action="store_true", help="NSA's floors: u 0.05, g r i 0.02, z 0.03 mag")
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--samples", type=int, default=1000, help="posterior draws per galaxy (default 1000)")
     r.add_argument("--address", help="Dask scheduler address (default: a local cluster)")
     r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--max-rows", type=int, metavar="N", help="only the first N galaxies (a quick trial)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_run)
 

@@ -1,4 +1,4 @@
-"""The posterior catalog of a HATS input, written as a HATS catalog (DESIGN section 5).
+"""The posterior catalog of a HATS input, written as a HATS catalog (LINCC hats layout).
 
 Each output partition goes to the pixel path of its input partition
 (``dataset/Norder=k/Dir=d/Npix=n.parquet``, `hats.io.pixel_catalog_file`). The pixel is found

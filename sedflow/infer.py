@@ -46,11 +46,13 @@ import pyarrow.parquet as pq
 from sedflow import hats_output
 from sedflow.catalog import MAG_ERR_PER_FRAC
 from sedflow.posterior import PosteriorModel, load_model, x_features
+from sedflow.posterior import model_path as model_path_of
 from sedflow.prior import PARAM_NAMES
 from sedflow.sps.model import PROPERTY_NAMES
 from sedflow.sps.photometry import BANDS, nanomaggies_to_mag
 
-__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "output_schema", "galaxy_checks", "infer_frame", "run_inference"]
+__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "output_schema", "observables", "galaxy_checks", "infer_frame",
+           "load_models", "partition_seed", "run_inference"]
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
 SUMMARY_NAMES = tuple(PARAM_NAMES) + tuple(PROPERTY_NAMES)
@@ -124,13 +126,21 @@ def _summaries(values: np.ndarray) -> dict:
     return out
 
 
+def partition_seed(seed: int, number: int) -> list[int]:
+    """The seed `run_inference` gives row partition ``number`` (`sedflow.fit` treats its rows as
+    partition 0, so both give the same posteriors for the same rows and seed)."""
+    return [seed, number]
+
+
 def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int = 10000, keep_samples: int = 0,
                 seed=0, property_samples: int = 1000, fallback: str | None = None,
-                mcmc_options: dict | None = None, chunk_draws: int = 2_000_000) -> pa.Table:
+                mcmc_options: dict | None = None, chunk_draws: int = 2_000_000, return_draws: bool = False):
     """Posterior summaries for every row of a standard-form frame, as a Table of `output_schema`.
 
     Galaxies are sampled in chunks of about ``chunk_draws`` draws in all, so memory does not
-    grow with the partition size.
+    grow with the partition size. ``return_draws``: return ``(table, draws)`` instead, the
+    table without its ``samples`` column and ``draws`` the first ``keep_samples`` draws of each
+    galaxy as an (n, keep_samples, 12) float32 array (NaN for rows not sampled).
     """
     n = len(frame)
     if frame["id"].duplicated().any():
@@ -188,10 +198,12 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     cols.update(flags)
     cols["method"] = method
     id_type = pa.string() if frame["id"].dtype == object else pa.int64()
-    schema = output_schema(id_type, keep_samples, mcmc=fallback == "mcmc")
+    schema = output_schema(id_type, 0 if return_draws else keep_samples, mcmc=fallback == "mcmc")
     if fallback == "mcmc":
         cols["mcmc_converged"] = converged
     arrays = [pa.array(cols[f.name], type=f.type, from_pandas=True) for f in schema if f.name != "samples"]
+    if return_draws:
+        return pa.Table.from_arrays(arrays, schema=schema), draws
     if keep_samples:
         lists = [pa.ListArray.from_arrays(np.arange(0, n * keep_samples + 1, keep_samples, dtype=np.int32),
                                           pa.array(draws[:, :, j].ravel(), pa.float32()))
@@ -222,16 +234,21 @@ def _keep_freed_memory_in_heap():
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_models(model_path: str | None):
-    """One posterior and one SED model per worker process."""
-    import torch
-
+def load_models(model=None):
+    """The posterior (`load_model`) and the SED model its derived properties and MCMC fallback use,
+    loaded once per process."""
     from sedflow.sps.model import SEDModel
+
+    return load_model(model), SEDModel.default()
+
+
+def _worker_models(model_path: str | None):
+    """`load_models` in a Dask worker: one torch thread per worker process, freed memory kept."""
+    import torch
 
     _keep_freed_memory_in_heap()
     torch.set_num_threads(1)
-    post = load_model(model_path)
-    return post, SEDModel.default()
+    return load_models(model_path)
 
 
 def _part_path(out_dir: Path, number: int) -> Path:
@@ -255,7 +272,7 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
     number = partition_info["number"] if partition_info else 0
     counts = {"partition": number, "rows": len(frame), "seconds": 0.0, "skipped": True, "Norder": -1, "Npix": -1}
     if layout is None:
-        path, seed = _part_path(Path(cfg["out"]), number), [cfg["seed"], number]
+        path, seed = _part_path(Path(cfg["out"]), number), partition_seed(cfg["seed"], number)
     elif len(frame) == 0:           # no pixel, nothing to write (hats-import writes no empty pixels)
         return pd.DataFrame([counts | {f: 0 for f in FLAGS} | {f"method_{m}": 0 for m in ("anpe", "mcmc", "none")}])
     else:
@@ -286,6 +303,19 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
     return pd.DataFrame([counts])
 
 
+def _ingested_input(catalog_dir) -> dict | None:
+    """What an ingested catalog was made from (its ``_ingest.json``), so that a rerun into the same
+    output over a re-ingested, different catalog is refused rather than mixed with it."""
+    from sedflow.ingest import MANIFEST as INGEST_MANIFEST
+
+    path = Path(catalog_dir) / INGEST_MANIFEST
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    return {k: m.get(k) for k in ("spec", "input", "max_rows", "rows_in", "layout", "partition_rows",
+                                  "healpix_order")}
+
+
 def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000, keep_samples: int = 0,
                   address: str | None = None, seed: int = 0, property_samples: int = 1000,
                   fallback: str | None = None, mcmc_options: dict | None = None, workers: int = 2,
@@ -304,8 +334,9 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
     post = load_model(model_path)       # validate the artifact before starting any cluster
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"model": str(Path(model_path).resolve()) if model_path else None,
+    cfg = {"model": str(model_path_of(model_path).resolve()) if model_path else None,
            "model_sha256": post.config["weights_sha256"], "catalog": str(Path(catalog_dir).resolve()),
+           "catalog_input": _ingested_input(catalog_dir),
            "n_samples": n_samples, "keep_samples": keep_samples, "seed": seed,
            "property_samples": property_samples, "fallback": fallback, "mcmc_options": mcmc_options or {},
            "out": str(out)}

@@ -1,7 +1,7 @@
-"""Ingest a survey catalog into partitioned Parquet in the standard input form (DESIGN sections 4-5).
+"""Ingest a survey catalog into partitioned Parquet in the standard input form.
 
 ``ingest_catalog`` reads a FITS, CSV or Parquet catalog through its description
-(``catalogs/*.yaml``, `sedflow.catalog.read_catalog`) and writes it, with an explicit pyarrow
+(a shipped name or a YAML path, `sedflow.catalog.read_catalog`) and writes it, with an explicit pyarrow
 schema (`standard_schema`), in one of two layouts that Dask (the inference stage) reads:
 
 * **row partitions** (default; the only choice when the survey has no ra/dec):
@@ -37,8 +37,8 @@ Guarantees and refusals:
   only set ``flag_bad_input``; a z outside the description's ``redshift_range`` (including a
   missing z) sets ``flag_quality``. The summary counts each reason.
 * **Duplicated ids are refused**: a ``ValueError`` says how many ids occur more than once and
-  shows a few with their row numbers. Every input row must appear in the output exactly once
-  (DESIGN section 4), and posteriors are joined back to the catalog by ``id``.
+  shows a few with their row numbers. Every input row must appear in the output exactly once,
+  and posteriors are joined back to the catalog by ``id``.
 * The HATS layout refuses rows with non-finite ra/dec or |dec| > 90 (they have no pixel; use
   the row layout), and ids that are not integer or string are refused in both layouts.
 * The output appears whole or not at all: everything is written into a hidden work directory
@@ -68,7 +68,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sedflow.catalog import CatalogSpec, file_sha256, read_catalog
+from sedflow.catalog import CatalogSpec, file_sha256, normalise_ids, read_catalog, refuse_duplicate_ids
 from sedflow.storage import cli_path
 
 __all__ = [
@@ -116,41 +116,6 @@ def standard_schema(bands, id_type: pa.DataType = pa.int64(), positions: bool = 
 # ----------------------------------------------------------------------------------------------
 # checks on the standard frame
 # ----------------------------------------------------------------------------------------------
-
-def _normalise_ids(ids: pd.Series) -> tuple[np.ndarray, pa.DataType]:
-    """Native int64 ids (FITS gives big-endian ints) or strings; anything else is refused."""
-    values = ids.to_numpy()
-    if values.dtype.kind in "iu":
-        if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
-            raise ValueError("ids exceed the int64 range")
-        return values.astype(np.int64), pa.int64()
-    if values.dtype.kind == "f":
-        ok = np.isfinite(values) & (values == np.round(values))
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            raise ValueError(f"{bad.size} ids are not integers (e.g. rows {bad[:5].tolist()}: "
-                             f"{values[bad[:5]].tolist()})")
-        return values.astype(np.int64), pa.int64()
-    if pd.api.types.is_string_dtype(ids.dtype) or values.dtype.kind in "OSU":
-        as_str = ids.astype(str)
-        if ids.isna().any():
-            bad = np.flatnonzero(ids.isna().to_numpy())
-            raise ValueError(f"{bad.size} ids are missing (e.g. rows {bad[:5].tolist()})")
-        return as_str.to_numpy(dtype=object), pa.string()
-    raise ValueError(f"ids must be integers or strings, got dtype {ids.dtype}")
-
-
-def _refuse_duplicate_ids(ids: np.ndarray) -> None:
-    s = pd.Series(ids)
-    dup = s.duplicated(keep=False).to_numpy()
-    if not dup.any():
-        return
-    groups = s[dup].groupby(s[dup], sort=False).groups
-    examples = "; ".join(f"id {k!r} at rows {list(v)[:4]}" for k, v in list(groups.items())[:5])
-    raise ValueError(f"duplicated ids: {len(groups)} ids occur more than once ({int(dup.sum())} rows), "
-                     f"e.g. {examples}. Every input row must map to one output row by id: fix the "
-                     f"catalog or give the description no id column (row numbers are then used)")
-
 
 def _to_table(frame: pd.DataFrame, schema: pa.Schema, ids: np.ndarray) -> pa.Table:
     arrays = []
@@ -251,12 +216,12 @@ def _hats_files(cat_dir: Path) -> list[Path]:
 
 def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
                    healpix_order: int | None = None, *, overwrite: bool = False, client=None,
-                   workers: int = 2, tmp_dir=None) -> dict:
+                   workers: int = 2, tmp_dir=None, max_rows: int | None = None) -> dict:
     """Ingest ``input_path`` (FITS/CSV/Parquet) described by ``spec`` into ``out_dir``; returns a summary.
 
     Args:
         input_path: the survey catalog.
-        spec: a `CatalogSpec`, a name in ``catalogs/`` or a YAML path.
+        spec: a `CatalogSpec`, a shipped description's name (`sedflow.catalog.shipped_specs`) or a YAML path.
         out_dir: output directory (must not exist or be empty; see ``overwrite``).
         partition_rows: rows per ``part-NNNNN.parquet`` (row layout; default 100,000).
         healpix_order: write the HATS layout at this HEALPix order instead (needs ra/dec).
@@ -264,6 +229,7 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
         client: a ``dask.distributed.Client`` for hats-import (default: a local one, ``workers``
             threads, closed afterwards). A remote cluster must see ``out_dir``'s filesystem.
         tmp_dir: where the hidden work directory goes (default: beside ``out_dir``).
+        max_rows: ingest only the first ``max_rows`` rows (trials); recorded in the summary.
 
     Returns:
         dict with ``rows_in``, ``rows_out``, ``flagged`` (rows by reason, as `read_catalog`
@@ -271,8 +237,10 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
         ``seconds`` and more; the same record is saved as ``out_dir/_ingest.json``.
     """
     t_start = time.perf_counter()
-    spec = spec if isinstance(spec, CatalogSpec) else CatalogSpec.load(spec)
+    spec = CatalogSpec.load(spec)
     input_path, out_dir = Path(input_path), Path(out_dir)
+    if max_rows is not None and (not isinstance(max_rows, (int, np.integer)) or max_rows < 0):
+        raise ValueError(f"max_rows must be a non-negative integer, got {max_rows!r}")
     if partition_rows is not None and healpix_order is not None:
         raise ValueError("give partition_rows (row layout) or healpix_order (HATS layout), not both")
     has_positions = bool(spec.ra and spec.dec)
@@ -292,12 +260,12 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
 
     # read + standard form (flags only, nothing dropped)
     t0 = time.perf_counter()
-    frame, counts = read_catalog(input_path, spec)
+    frame, counts = read_catalog(input_path, spec, max_rows=max_rows)
     rows_in = int(counts["rows"])
     if len(frame) != rows_in:  # read_catalog's own contract
         raise RuntimeError(f"read_catalog returned {len(frame)} rows for {rows_in} input rows")
-    ids, id_type = _normalise_ids(frame["id"])
-    _refuse_duplicate_ids(ids)
+    ids, id_type = normalise_ids(frame["id"])
+    refuse_duplicate_ids(ids)
     if healpix_order is not None:
         ra, dec = frame["ra"].to_numpy(), frame["dec"].to_numpy()
         bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
@@ -340,6 +308,7 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
             "format": _FORMAT,
             "spec": spec.name,
             "input": {"name": input_path.name, "sha256": sha, "bytes": input_path.stat().st_size},
+            "max_rows": max_rows,
             "layout": layout,
             "partition_rows": partition_rows,
             "healpix_order": healpix_order,
@@ -429,7 +398,7 @@ def _ingest_command(args) -> int:
     try:
         s = ingest_catalog(args.input, args.spec, args.out, partition_rows=args.partition_rows,
                            healpix_order=args.healpix_order, overwrite=args.overwrite, workers=args.workers,
-                           tmp_dir=args.tmp_dir)
+                           tmp_dir=args.tmp_dir, max_rows=args.max_rows)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"sedflow ingest: error: {e}", file=sys.stderr)
         return 2
@@ -444,7 +413,7 @@ def add_ingest_parser(subparsers):
         description="Read a FITS/CSV/Parquet catalog through its description and write the standard "
                     "input form as partitioned Parquet; no row is dropped, bad values are flagged.")
     p.add_argument("input", type=cli_path, help="FITS, CSV or Parquet catalog")
-    p.add_argument("--spec", required=True, help="catalog description: name in catalogs/ or a YAML path")
+    p.add_argument("--spec", required=True, help="catalog description: a shipped name (nsa, sdss_kcorrect) or a YAML path")
     p.add_argument("--out", type=cli_path, required=True, help="output directory (new or empty)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--partition-rows", type=int, metavar="N",
@@ -452,6 +421,7 @@ def add_ingest_parser(subparsers):
     layout.add_argument("--healpix-order", type=int, metavar="K",
                         help="write a HATS catalog (Norder=K/Dir=D/Npix=N.parquet) with hats-import; needs ra/dec")
     p.add_argument("--overwrite", action="store_true", help="replace a previous ingest in --out")
+    p.add_argument("--max-rows", type=int, metavar="N", help="ingest only the first N rows (trials)")
     p.add_argument("--workers", type=int, default=2, help="local Dask workers for hats-import (default 2)")
     p.add_argument("--tmp-dir", type=cli_path, help="where the work directory goes (default: beside --out)")
     p.set_defaults(func=_ingest_command)

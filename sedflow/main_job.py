@@ -1,7 +1,7 @@
 """The main job on embedded defaults: real SDSS galaxies -> posteriors -> Parquet + figures.
 
 ``sedflow run``: ingest the 10,000 SDSS galaxies of the ``kcorrect`` wheel
-(``kcorrect/data/test/gst_tests_small.fits``, description ``catalogs/sdss_kcorrect.yaml``),
+(``kcorrect/data/test/gst_tests_small.fits``, the shipped description ``sdss_kcorrect``),
 infer with the shipped model on a local Dask cluster, then print a summary and save
 ``mass_vs_redshift.png`` (flagged galaxies marked) and ``galaxy_corner.png`` (one galaxy's
 posterior with its photometry and best-fit SED).
@@ -9,6 +9,7 @@ posterior with its photometry and best-fit SED).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,9 @@ __all__ = ["run_main_job"]
 
 
 def run_main_job(out="sedflow_run", n_samples: int = 1000, keep_samples: int = 200, address=None,
-                 workers: int = 2, seed: int = 0, progress: bool = True) -> dict:
+                 workers: int = 2, seed: int = 0, progress: bool = True, max_rows: int | None = None) -> dict:
+    """Ingest, infer, summarise and plot; rerun to resume. ``max_rows``: only the first rows of the
+    sample (a quick trial); a rerun with another ``max_rows`` starts the outputs afresh."""
     import pyarrow.dataset as ds
 
     from sedflow.catalog import kcorrect_sample_path
@@ -27,12 +30,15 @@ def run_main_job(out="sedflow_run", n_samples: int = 1000, keep_samples: int = 2
 
     out = Path(out)
     catalog = out / "catalog"
-    if not (catalog / "_ingest.json").exists():
-        if catalog.exists():
-            shutil.rmtree(catalog)
-        s = ingest_catalog(kcorrect_sample_path(), "sdss_kcorrect", catalog, partition_rows=2000)
+    manifest = catalog / "_ingest.json"
+    if not manifest.exists() or json.loads(manifest.read_text()).get("max_rows") != max_rows:
+        for stale in (catalog, out / "posteriors"):      # posteriors of another catalog are not kept
+            if stale.exists():
+                shutil.rmtree(stale)
+        s = ingest_catalog(kcorrect_sample_path(), "sdss_kcorrect", catalog, partition_rows=2000,
+                           max_rows=max_rows)
         print(f"ingested {s['rows_in']:,} SDSS galaxies -> {catalog}")
-    summary = run_inference(catalog, out / "posteriors", n_samples=n_samples, keep_samples=keep_samples,
+    summary = run_inference(catalog, out / "posteriors", n_samples=n_samples, keep_samples=min(keep_samples, n_samples),
                             address=address, workers=workers, seed=seed, progress=progress)
     table = ds.dataset(str(out / "posteriors"), format="parquet").to_table().to_pandas()
     cat = ds.dataset(str(catalog), format="parquet").to_table().to_pandas()
@@ -53,10 +59,8 @@ def _figures(table, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sedflow.infer import observables
-    from sedflow.posterior import load_model
+    from sedflow.infer import load_models, observables
     from sedflow.prior import PARAM_NAMES
-    from sedflow.sps.model import SEDModel
     from sedflow.sps.photometry import BANDS
 
     ok = table["method"] == "anpe"
@@ -73,13 +77,15 @@ def _figures(table, out: Path) -> None:
     fig.savefig(out / "mass_vs_redshift.png", dpi=110)
     plt.close(fig)
 
+    if not (ok & ~ood).any():
+        return
     row = table[ok & ~ood].iloc[0]
     flux = np.array([row[f"flux_{b}"] for b in BANDS])
     err = np.array([row[f"flux_err_{b}"] for b in BANDS])
-    theta = load_model().sample(observables(flux, err, row["z"]), 5000, seed=0)[0]  # more draws than kept: smooth contours
+    post, sed = load_models(None)
+    theta = post.sample(observables(flux, err, row["z"]), 5000, seed=0)[0]  # more draws than kept: smooth contours
     idx = [0, 5, 6, 10, 11]
     fig = corner.corner(theta[:, idx], labels=[PARAM_NAMES[i] for i in idx], plot_datapoints=False)
-    sed = SEDModel.default()
     model = sed.photometry(theta, row["z"])
     i_best = np.argmin(np.sum(((model - flux) / err) ** 2, axis=1))
     best = theta[i_best]

@@ -21,8 +21,10 @@ without executing code, and a corrupted, tampered or incompatible artifact is re
 
 Example
 -------
->>> post = load_model()                         # the shipped default
->>> theta = post.sample(x, 1000, seed=0)        # x (n_gal, 11) -> (n_gal, 1000, 12)
+>>> post = load_model()                         # the shipped default ("sdss")
+>>> x = [[17.9, 16.5, 15.8, 15.4, 15.1, 0.05, 0.02, 0.02, 0.02, 0.03, 0.08]]   # mags, mag errors, z
+>>> post.sample(x, 1000, seed=0).shape          # x (n_gal, 11) -> (n_gal, 1000, 12)
+(1, 1000, 12)
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ import numpy as np
 from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
 from sedflow.sps.photometry import BANDS
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "X_NAMES", "FORMAT_VERSION", "build_estimator",
-           "PosteriorModel", "load_model", "save_model", "ArtifactError", "default_model_path"]
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "X_NAMES", "FORMAT_VERSION", "DEFAULT_MODEL", "build_estimator",
+           "PosteriorModel", "load_model", "save_model", "ArtifactError", "model_path", "shipped_models",
+           "default_model_path"]
 
 FORMAT_VERSION = 1
 X_NAMES = tuple([f"mag_{b}" for b in BANDS] + [f"mag_err_{b}" for b in BANDS] + ["z"])
@@ -48,6 +51,7 @@ ARCHITECTURES = {
     "coupling": {"model": "zuko_maf", "hidden_features": [64, 64], "num_transforms": 5, "passes": 2},
 }
 DEFAULT_ARCH = "coupling"
+DEFAULT_MODEL = "sdss"        # the shipped SDSS ugriz spectroscopic-redshift model (MODEL_CARD.md)
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
 
 
@@ -55,8 +59,32 @@ class ArtifactError(ValueError):
     """A model artifact that is missing, corrupted, tampered with or incompatible."""
 
 
+def _models_dir() -> Path:
+    return Path(str(resources.files("sedflow") / "data" / "models"))
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package (``sedflow/data/models/NAME/``)."""
+    return sorted(p.name for p in _models_dir().iterdir() if (p / CONFIG).is_file())
+
+
+def model_path(model=None) -> Path:
+    """The artifact directory of ``model``: None (the default shipped model), a directory, or the
+    name of a shipped model (`shipped_models`); anything else raises `ArtifactError`."""
+    if model is None:
+        model = DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if isinstance(model, str) and model in shipped_models():
+        return _models_dir() / model
+    raise ArtifactError(f"model {str(model)!r} is neither a model directory nor a shipped model "
+                        f"(shipped: {shipped_models()})")
+
+
 def default_model_path() -> Path:
-    return Path(str(resources.files("sedflow") / "data" / "model"))
+    """The default shipped model's directory."""
+    return model_path(None)
 
 
 def build_estimator(arch: str | dict):
@@ -203,11 +231,22 @@ def save_model(path, net, config: dict) -> Path:
     return path
 
 
-def load_model(path=None) -> PosteriorModel:
-    """Load an artifact directory (default: the shipped model). Never unpickles anything."""
+def load_model(model=None) -> PosteriorModel:
+    """Load a model: a directory, a shipped model's name, or None for the default shipped model.
+
+    Never unpickles anything: safetensors weights and a JSON config, checked against the
+    config's sha256; a corrupted, tampered or future-format artifact raises `ArtifactError`.
+
+    Example
+    -------
+    >>> import sedflow
+    >>> post = sedflow.load_model()              # the shipped SDSS model, i.e. load_model("sdss")
+    >>> post.config["x_names"][:2]
+    ['mag_u', 'mag_g']
+    """
     from safetensors.torch import load_file
 
-    path = Path(path) if path is not None else default_model_path()
+    path = model_path(model)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise ArtifactError(f"{path} is not a sedflow model: it needs {CONFIG} and {WEIGHTS}")
     try:

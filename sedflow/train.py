@@ -39,7 +39,8 @@ _COLUMNS = list(UNCONSTRAINED_NAMES) + list(X_NAMES)
 
 # ---------------------------------------------------------------------- data
 def training_data(data_dir) -> tuple[list[Path], dict, dict]:
-    """Shard paths, the simulation manifest and a fingerprint (rows + sha256 of the shard manifest)."""
+    """Shard paths, the simulation manifest and a fingerprint (rows + sha256 of the shard manifest;
+    the directory by its name only, so an artifact carries no path of the machine it was trained on)."""
     import pyarrow.parquet as pq
 
     data_dir = Path(data_dir)
@@ -57,7 +58,7 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
         listing.append({"file": p.name, "rows": md.num_rows, "bytes": p.stat().st_size})
     digest = hashlib.sha256(json.dumps({"manifest": manifest, "shards": listing}, sort_keys=True).encode()).hexdigest()
     return shards, manifest, {"rows": sum(s["rows"] for s in listing), "shards": len(listing),
-                              "manifest_sha256": digest, "directory": str(data_dir.resolve())}
+                              "manifest_sha256": digest, "directory_name": data_dir.resolve().name}
 
 
 def _read_shard(path, k: int, seed: int, val_fraction: float):

@@ -172,6 +172,9 @@ def test_hats_input_gives_a_hats_posterior_catalog(tmp_path):
     # spatial operations work on the posterior catalog
     row = d.iloc[0]
     assert row["id"] in set(cat.cone_search(row["ra"], row["dec"], radius_arcsec=1.0).compute()["id"])
+    # the README's join of the input and posterior catalogs: every galaxy once, with its fluxes
+    joined = inp.join(cat, left_on="id", right_on="id", suffixes=("", "_post")).compute()
+    assert len(joined) == 60 and joined["id"].is_unique and {"flux_r", "logmstar_p50_post"} <= set(joined.columns)
     # a rerun skips every partition and leaves the same catalog
     again = run_inference(tmp_path / "in", out, **kw)
     assert again["partitions_skipped"] == 6 and again["galaxies"] == 60

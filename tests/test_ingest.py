@@ -227,3 +227,53 @@ def test_cli_handler(tmp_path, capsys):
     with pytest.raises(SystemExit):  # one layout or the other
         parser.parse_args(["ingest", str(path), "--spec", "x", "--out", "o", "--partition-rows", "5",
                            "--healpix-order", "2"])
+
+
+def test_unreadable_and_mismatched_catalogs_give_one_line_and_exit_2(tmp_path, capsys):
+    """The command line's answer to a file that is no catalog, or not the described one."""
+    from astropy.table import Table
+
+    from sedflow.cli import main
+
+    path, spec, _ = write_catalog(tmp_path, n=10)
+    (tmp_path / "garbage.fits").write_text("not a FITS file at all")
+    (tmp_path / "garbage.parquet").write_bytes(b"PAR1 and nothing else")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    Table.read(path)[["OBJID", "ZSPEC"]].write(tmp_path / "few_columns.fits")
+    cases = {"garbage.fits": "cannot be read as a FITS catalog", "garbage.parquet": "cannot be read as a Parquet",
+             "other.csv": "lacks columns", "few_columns.fits": "lacks columns",
+             "missing.fits": "not found"}
+    for name, message in cases.items():
+        assert main(["ingest", str(tmp_path / name), "--spec", str(spec), "--out", str(tmp_path / f"o_{name}")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sedflow ingest: error:") and message in err[0], (name, err)
+    assert main(["ingest", str(path), "--spec", "no_such_survey", "--out", str(tmp_path / "o")]) == 2
+    assert "shipped names" in capsys.readouterr().err
+
+
+def test_empty_catalog_gives_an_empty_valid_output(tmp_path):
+    """0 rows in: an ingested catalog and a posterior catalog of 0 rows with the full schemas."""
+    from astropy.table import Table
+
+    from sedflow.infer import output_schema, run_inference
+
+    path, spec, _ = write_catalog(tmp_path, n=10)
+    Table.read(path)[:0].write(tmp_path / "empty.fits")
+    s = ingest_catalog(tmp_path / "empty.fits", spec, tmp_path / "in")
+    assert s["rows_in"] == s["rows_out"] == 0
+    assert read_ingested(tmp_path / "in").compute().empty
+    summary = run_inference(tmp_path / "in", tmp_path / "out", n_samples=10, workers=1, progress=False)
+    assert summary["galaxies"] == 0
+    t = pq.read_table(tmp_path / "out" / "part-00000.parquet")
+    assert t.num_rows == 0 and t.schema.names == output_schema().names
+
+
+def test_garbage_file_on_the_command_line_prints_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "garbage.fits").write_text("22 bytes of plain text")
+    r = subprocess.run([sys.executable, "-m", "sedflow.cli", "ingest", "--spec", "nsa", str(tmp_path / "garbage.fits"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr

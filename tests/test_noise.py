@@ -92,7 +92,7 @@ def test_missing_columns_and_bad_files_are_refused(tmp_path):
         fit_noise_model(path, spec)
     with pytest.raises(FileNotFoundError, match="not found"):
         fit_noise_model(tmp_path / "nope.fits", spec)
-    with pytest.raises(FileNotFoundError, match="known"):
+    with pytest.raises(ValueError, match="shipped names"):
         CatalogSpec.load("no_such_survey")
     (tmp_path / "x.txt").write_text("1 2 3")
     with pytest.raises(ValueError, match="unsupported"):

@@ -6,7 +6,8 @@ import pytest
 
 from sedflow.diagnostics import calibration_report
 from sedflow.noise import NoiseModel
-from sedflow.posterior import default_model_path, load_model
+from sedflow.catalog import CatalogSpec, shipped_specs
+from sedflow.posterior import DEFAULT_MODEL, default_model_path, load_model, model_path, shipped_models
 from sedflow.prior import PARAM_NAMES
 from sedflow.validate import held_out_simulations
 
@@ -26,6 +27,33 @@ def test_shipped_artifact(post):
     # trained on errors reported as catalogs report them (sedflow.simulate.simulate_rows), not on
     # the convention that gives the noise draw away
     assert cfg["simulation"]["reported_errors"] == "observed"
+
+
+def test_shipped_data_is_found_by_name():
+    """Models and catalog descriptions live inside the package (a wheel carries them)."""
+    assert DEFAULT_MODEL in shipped_models() and model_path(DEFAULT_MODEL) == default_model_path()
+    assert load_model(DEFAULT_MODEL).config["weights_sha256"] == load_model().config["weights_sha256"]
+    assert {"nsa", "sdss_kcorrect"} <= set(shipped_specs())
+    for name in shipped_specs():
+        assert CatalogSpec.load(name).bands
+
+
+def test_shipped_config_holds_no_path_of_the_training_machine():
+    def strings(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from strings(k)
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    for name in shipped_models():
+        config = load_model(name).config
+        absolute = [s for s in strings(config) if s.startswith(("/", "~")) or ":\\" in s]
+        assert not absolute, (name, absolute)
 
 
 def test_shipped_model_is_calibrated_on_fresh_simulations(post, sed_model):

@@ -2,14 +2,12 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import sedflow
-from sedflow.posterior import X_NAMES, ArtifactError, load_model
+from sedflow.posterior import X_NAMES, ArtifactError, default_model_path, load_model
 from sedflow.prior import PARAM_NAMES
 from sedflow.simulate import SimulationConfig, run_simulation
 from sedflow.train import train
@@ -133,7 +131,7 @@ def test_shipped_model_lr_schedule_followed_the_rule():
     """The shipped model's recorded history obeys the lr schedule it records (MODEL_CARD.md). A run
     begun at a constant lr and resumed with the schedule (epochs without a recorded lr first) has
     the schedule take over from that run's best epoch."""
-    cfg = json.loads((Path(sedflow.__file__).parent / "data" / "model" / "config.json").read_text())
+    cfg = json.loads((default_model_path() / "config.json").read_text())
     hist, training = cfg["metrics"], cfg["training"]
     before = [h for h in hist if "lr" not in h]
     scheduled = hist[len(before):]
