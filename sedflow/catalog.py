@@ -1,10 +1,12 @@
 """Catalog descriptions and reading a survey catalog into the standard form.
 
-A new survey is a new YAML description, not new code. A description names the id, position
-and redshift columns, the flux and flux-error columns with their units (a multi-band array
-column with ``index``, an array column of exactly the bands, or one column per band with
-``columns``), whether Galactic extinction is already applied, the survey's magnitude-error
-floors, and quality cuts. The shipped descriptions live in the package (``sedflow/catalogs/``,
+A new survey is a new YAML description, not new code. A description names the bands and each
+band's filter (a speclite name or a response file), the id, position and redshift columns, the
+flux and flux-error columns with their units (nanomaggies, nJy, uJy, mJy, Jy or AB magnitudes
+with magnitude errors; errors as 1-sigma or inverse variance; a multi-band array column with
+``index``, an array column of exactly the bands, or one column per band with ``columns``),
+Galactic extinction (magnitudes or transmissions, or already applied), the survey's
+magnitude-error floors, and quality cuts. The shipped descriptions live in the package (``sedflow/catalogs/``,
 `shipped_specs` lists them) and load by name (``nsa``, ``sdss_kcorrect``); any YAML path works too.
 
 `read_catalog` reads a file; `standard_form` turns columns already in memory (from a file, a
@@ -16,7 +18,7 @@ The standard form (a pandas DataFrame, one row per input row, same order, nothin
 ``id``               survey id (or the 0-based row number if the survey has none)
 ``ra``, ``dec``      degrees (when the survey has them)
 ``z``                redshift
-``flux_{b}``         extinction-corrected flux [nanomaggies], b in the bands
+``flux_{b}``         extinction-corrected flux [nanomaggies], b in the description's bands
 ``flux_err_{b}``     its 1-sigma error [nanomaggies] (floors added if the spec asks)
 ``flag_bad_input``   non-finite or non-positive flux, error or ivar; non-finite z
 ``flag_quality``     fails one of the description's quality cuts
@@ -25,7 +27,6 @@ The standard form (a pandas DataFrame, one row per input row, same order, nothin
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +34,42 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["CatalogSpec", "read_catalog", "read_columns", "standard_form", "shipped_specs", "catalog_spec_dir",
-           "kcorrect_sample_path", "normalise_ids", "refuse_duplicate_ids", "MAG_ERR_PER_FRAC", "file_sha256"]
+__all__ = ["CatalogSpec", "read_catalog", "read_columns", "frame_columns", "standard_form", "shipped_specs",
+           "catalog_spec_dir", "kcorrect_sample_path", "normalise_ids", "refuse_duplicate_ids", "to_nanomaggies",
+           "FLUX_UNITS", "MAG_ERR_PER_FRAC"]
 
 MAG_ERR_PER_FRAC = 2.5 / np.log(10)  # sigma_mag = 1.0857 sigma_flux / flux
+# Flux units a description may use, as astropy units (None: AB magnitudes). The standard form is
+# nanomaggies: 1 nmgy = 3631e-9 Jy, and AB magnitudes are m = 22.5 - 2.5 log10(nmgy) (the maggy
+# convention of SDSS and speclite; astropy's ABmag zero point, 3630.8 Jy, differs by 6e-5).
+FLUX_UNITS = {"nanomaggies": "nmgy", "nmgy": "nmgy", "maggies": "mgy", "nJy": "nJy", "uJy": "uJy",
+              "mJy": "mJy", "Jy": "Jy", "mag": None, "ABmag": None}
+MAX_VALID_MAG = 50.0     # magnitudes at or above this (SDSS-style 99 sentinels) are no measurement
+
+
+def to_nanomaggies(values, units: str, errors=None, error_kind: str = "sigma"):
+    """Fluxes in ``units`` (a `FLUX_UNITS` name) and their errors (1-sigma, or ivar in the squared
+    flux unit) -> (flux, sigma) in nanomaggies, through astropy units; errors may be None.
+
+    Magnitudes: flux = 10^(-0.4 (m - 22.5)), sigma = flux sigma_m / 1.0857; NaN where m is not
+    finite or >= 50. A non-positive error or ivar gives NaN sigma.
+    """
+    import astropy.units as u
+
+    values = np.asarray(values, dtype=float)
+    err = None if errors is None else np.asarray(errors, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if err is not None:
+            err = np.where(np.isfinite(err) & (err > 0), err, np.nan)
+            if error_kind == "ivar":
+                err = 1.0 / np.sqrt(err)
+        unit = FLUX_UNITS[units]
+        if unit is None:
+            mags = np.where(np.isfinite(values) & (values < MAX_VALID_MAG), values, np.nan)
+            flux = (mags * u.mag(u.maggy)).to_value(u.nanomaggy)
+            return flux, None if err is None else flux * err / MAG_ERR_PER_FRAC
+        factor = (1.0 * u.Unit(unit)).to_value(u.nanomaggy, equivalencies=u.zero_point_flux(3631 * u.Jy))
+        return values * factor, None if err is None else err * factor
 
 
 def catalog_spec_dir() -> Path:
@@ -58,14 +91,6 @@ def kcorrect_sample_path() -> Path:
     return distribution_file("kcorrect", "gst_tests_small.fits", "the example SDSS catalog", "kcorrect==5.1.9")
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class CatalogSpec:
     """A survey catalog description (see the module docstring and the shipped ``sedflow/catalogs/*.yaml``)."""
@@ -79,6 +104,7 @@ class CatalogSpec:
     ra: str | None = None
     dec: str | None = None
     description: str = ""
+    filters: tuple = ()
     extinction: dict | None = None
     mag_err_floor: dict | None = None
     floor_applied: bool = False
@@ -111,12 +137,58 @@ class CatalogSpec:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        d["bands"] = tuple(d["bands"])
+        try:
+            return cls.from_dict(d, where=path)
+        except (TypeError, AttributeError, KeyError) as e:      # a key of the wrong shape
+            raise ValueError(f"{path}: malformed catalog description ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def from_dict(cls, d: dict, where="catalog description") -> "CatalogSpec":
+        """Build and check a description from its mapping; every problem is a ValueError naming it."""
+        d = dict(d)
+        d["bands"] = tuple(str(b) for b in d["bands"])
+        nb = len(d["bands"])
+        if nb < 1 or len(set(d["bands"])) != nb:
+            raise ValueError(f"{where}: bands must be distinct names, got {list(d['bands'])}")
+        filters = d.get("filters")
+        if not filters:
+            raise ValueError(f"{where}: name each band's filter (filters: a list in band order, or band: "
+                             "filter), a speclite name such as sdss2010-r or lsst2023-y, or a response file")
+        if isinstance(filters, dict):
+            missing = [b for b in d["bands"] if b not in filters]
+            if missing:
+                raise ValueError(f"{where}: filters lacks bands {missing}")
+            filters = [filters[b] for b in d["bands"]]
+        if len(filters) != nb:
+            raise ValueError(f"{where}: {len(filters)} filters for {nb} bands {list(d['bands'])}")
+        from sedflow.sps.photometry import load_filter
+
+        for f in filters:
+            load_filter(f)                                   # ValueError naming an unknown filter
+        d["filters"] = tuple(str(f) for f in filters)
         d["cuts"] = d.get("cuts") or {}
-        if d["flux"].get("units", "nanomaggies") != "nanomaggies":
-            raise ValueError(f"{path}: only nanomaggies fluxes are supported, got {d['flux']['units']!r}")
-        if d["flux_error"].get("kind", "ivar") not in ("ivar", "sigma"):
-            raise ValueError(f"{path}: flux_error.kind must be 'ivar' or 'sigma'")
+        units = d["flux"].get("units", "nanomaggies")
+        if units not in FLUX_UNITS:
+            raise ValueError(f"{where}: flux units {units!r} unknown; use one of {sorted(FLUX_UNITS)}")
+        kind = d["flux_error"].get("kind", "ivar")
+        if kind not in ("ivar", "sigma"):
+            raise ValueError(f"{where}: flux_error.kind must be 'ivar' or 'sigma', got {kind!r}")
+        if FLUX_UNITS[units] is None and kind != "sigma":
+            raise ValueError(f"{where}: magnitudes need magnitude errors (flux_error.kind: sigma)")
+        blocks = [("flux", d["flux"]), ("flux_error", d["flux_error"])]
+        if d.get("extinction"):
+            blocks.append(("extinction", d["extinction"]))
+            if d["extinction"].get("kind", "mag") not in ("mag", "transmission"):
+                raise ValueError(f"{where}: extinction.kind must be 'mag' or 'transmission'")
+        for what, block in blocks:
+            n = len(block["columns"]) if "columns" in block else len(block.get("index", [])) or None
+            if n is not None and n != nb:
+                raise ValueError(f"{where}: {what} names {n} columns/indices for {nb} bands {list(d['bands'])}")
+            if "columns" not in block and "column" not in block:
+                raise ValueError(f"{where}: {what} needs column (+ index) or columns")
+        unknown_floor = set(d.get("mag_err_floor") or {}) - set(d["bands"])
+        if unknown_floor:
+            raise ValueError(f"{where}: mag_err_floor names bands {sorted(unknown_floor)} not in {list(d['bands'])}")
         return cls(**d)
 
     def required_columns(self) -> list[str]:
@@ -224,14 +296,16 @@ def standard_form(cols: dict, spec: CatalogSpec, apply_floors: bool = True) -> t
     flux = _bands_block(cols, spec.flux, nb, "flux")
     err_raw = _bands_block(cols, spec.flux_error, nb, "flux_error")
     n = flux.shape[0]
+    bad_err = ~np.isfinite(err_raw) | (err_raw <= 0)
+    flux, sigma = to_nanomaggies(flux, spec.flux.get("units", "nanomaggies"), err_raw,
+                                 spec.flux_error.get("kind", "ivar"))
     with np.errstate(divide="ignore", invalid="ignore"):
-        bad_err = ~np.isfinite(err_raw) | (err_raw <= 0)
-        sigma = np.where(bad_err, np.nan, err_raw)
-        if spec.flux_error.get("kind", "ivar") == "ivar":
-            sigma = 1.0 / np.sqrt(sigma)
         if spec.extinction and not spec.extinction.get("applied", False):
             a = _bands_block(cols, spec.extinction, nb, "extinction")
-            factor = 10.0 ** (0.4 * np.where(np.isfinite(a), a, np.nan))
+            if spec.extinction.get("kind", "mag") == "transmission":     # e.g. Legacy Surveys MW_TRANSMISSION
+                factor = 1.0 / np.where(np.isfinite(a) & (a > 0), a, np.nan)
+            else:
+                factor = 10.0 ** (0.4 * np.where(np.isfinite(a), a, np.nan))
             flux, sigma = flux * factor, sigma * factor
         if apply_floors and spec.mag_err_floor and not spec.floor_applied:
             floor = np.array([spec.mag_err_floor[b] for b in spec.bands]) / MAG_ERR_PER_FRAC

@@ -4,11 +4,11 @@
     sedflow noise fit CATALOG --spec SPEC --out FILE       fit the empirical noise model
     sedflow noise check CATALOG --spec SPEC [--model FILE] compare a noise model with a catalog
     sedflow ingest --spec SPEC INPUT --out DIR [--partition-rows N | --healpix-order K]
-    sedflow simulate --n N --out DIR [--shards K] [--seed S] [--noise-model FILE] [--address RAY]
-                     [--workers W] [--reported-errors observed|true]
+    sedflow simulate --n N --out DIR [--shards K] [--seed S] [--noise-model FILE] [--z-range ZMIN ZMAX]
+                     [--filters F ...] [--address RAY] [--workers W] [--reported-errors observed|true]
     sedflow train DATA_DIR --out MODEL_DIR [--arch NAME] [--workers W] [--batch-size B] [--max-epochs E]
                   [--lr-patience 5] [--address RAY]
-    sedflow mcmc --flux F F F F F --flux-err E E E E E --z Z [--walkers 30] [--steps 10000] [--burn-in 2000]
+    sedflow mcmc --flux F ... --flux-err E ... --z Z [--model NAME_OR_DIR] [--walkers 30] [--steps 10000]
     sedflow validate --out REPORT_DIR [--model MODEL_DIR] [--n-test 1000] [--samples 10000] [--mcmc 50]
                      [--mcmc-dir DIR] [--address RAY]
     sedflow run [--out DIR]                                the main job on embedded defaults
@@ -133,8 +133,10 @@ def _simulate(args) -> int:
     from sedflow.noise import NoiseModel
     from sedflow.simulate import SimulationConfig, run_simulation
 
-    config = SimulationConfig(n=args.n, shards=args.shards, seed=args.seed, z_min=args.z_min, z_max=args.z_max,
-                              reported_errors=args.reported_errors)
+    z_min, z_max = args.z_range
+    config = SimulationConfig(n=args.n, shards=args.shards, seed=args.seed, z_min=z_min, z_max=z_max,
+                              reported_errors=args.reported_errors,
+                              filters=tuple(args.filters) if args.filters else None)
     noise = NoiseModel.load(args.noise_model) if args.noise_model else None
     s = run_simulation(args.out, config, noise=noise, address=args.address, workers=args.workers,
                        progress=not args.quiet)
@@ -194,6 +196,117 @@ def _validate(args) -> int:
     return 0 if all(cal.values()) and m.get("mcmc", {}).get("passes", True) else 1
 
 
+def _ingest_report(s: dict) -> str:
+    """A few human lines about an ingest summary."""
+    where = (f"{s['partitions']} HEALPix partitions at order {s['healpix_order']} (HATS)"
+             if s["layout"] == "hats" else f"{s['partitions']} partitions of <= {s['partition_rows']:,} rows")
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in s["flagged"].items())
+    return (f"ingested {s['input']['name']} ({s['spec']}): {s['rows_in']:,} rows in, {s['rows_out']:,} out, "
+            f"{where} under {s['out']} in {s['seconds']:.1f} s\n"
+            f"  flag_bad_input: {s['flag_bad_input']:,}, flag_quality: {s['flag_quality']:,} ({reasons})")
+
+
+def _ingest(args) -> int:
+    from sedflow.ingest import ingest_catalog
+
+    s = ingest_catalog(args.input, args.spec, args.out, partition_rows=args.partition_rows,
+                       healpix_order=args.healpix_order, overwrite=args.overwrite, workers=args.workers,
+                       tmp_dir=args.tmp_dir, max_rows=args.max_rows)
+    print(_ingest_report(s))
+    return 0
+
+
+def _mcmc_report(result) -> str:
+    """Plain-text table: median and 16/84 percentiles, tau and R-hat per parameter, then the verdict."""
+    p16, p50, p84 = result.percentiles()
+    lines = [f"{'parameter':>9} {'median':>11} {'p16':>11} {'p84':>11} {'tau':>8} {'R-hat':>7}"]
+    for i, n in enumerate(result.names):
+        lines.append(f"{n:>9} {p50[i]:11.5g} {p16[i]:11.5g} {p84[i]:11.5g} {result.autocorr_time[i]:8.1f} "
+                     f"{result.rhat[i]:7.3f}")
+    need = result.tau_factor * float(np.max(result.autocorr_time))
+    lines.append(f"converged: {'yes' if result.converged else 'NO'} (kept {result.n_kept_steps} iterations, "
+                 f"need > {result.tau_factor:g} x max tau = {need:.0f}; max R-hat {np.max(result.rhat):.3f}, "
+                 f"need < {result.rhat_max:g})")
+    lines.append(f"{result.n_walkers} walkers x {result.n_steps} iterations ({result.burn_in} burn-in, thin "
+                 f"{result.thin}): {len(result.samples):,} samples; {result.n_evaluations:,} evaluations; "
+                 f"{result.seconds:.1f} s; best-fit chi2 {result.best_chi2:.2f}"
+                 + (f"; {result.n_reset} stuck walkers moved during burn-in" if result.n_reset else ""))
+    return "\n".join(lines)
+
+
+def _mcmc(args) -> int:
+    """Exit status 0 converged, 1 not converged (2, bad input, from `main`)."""
+    from sedflow.infer import load_models
+    from sedflow.mcmc import run_mcmc, write_samples
+
+    post, model = load_models(args.model)
+    nb = len(post.bands)
+    if len(args.flux) != nb or len(args.flux_err) != nb:
+        raise ValueError(f"the model {args.model or 'sdss'} has {nb} bands {list(post.bands)}: give {nb} --flux "
+                         f"and {nb} --flux-err values, got {len(args.flux)} and {len(args.flux_err)}")
+    result = run_mcmc(args.flux, args.flux_err, args.z, model=model, prior=post.prior, n_walkers=args.walkers,
+                      n_steps=args.steps, burn_in=args.burn_in, thin=args.thin, seed=args.seed,
+                      progress=args.progress, tau_factor=args.tau_factor, rhat_max=args.rhat_max)
+    print(_mcmc_report(result))
+    if args.out:
+        path = write_samples(result, args.out, flux=args.flux, flux_err=args.flux_err)
+        print(f"wrote {len(result.samples):,} samples to {path}")
+    return 0 if result.converged else 1
+
+
+def _add_ingest_parser(sub) -> None:
+    from sedflow.ingest import DEFAULT_PARTITION_ROWS
+
+    p = sub.add_parser(
+        "ingest", help="catalog -> partitioned Parquet (standard columns; rows or HATS)",
+        description="Read a FITS/CSV/Parquet catalog through its description and write the standard "
+                    "input form as partitioned Parquet; no row is dropped, bad values are flagged.")
+    p.add_argument("input", type=cli_path, help="FITS, CSV or Parquet catalog")
+    p.add_argument("--spec", required=True, help="catalog description: a shipped name (e.g. nsa, lsst) or a YAML path")
+    p.add_argument("--out", type=cli_path, required=True, help="output directory (new or empty)")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--partition-rows", type=int, metavar="N",
+                        help=f"rows per part-NNNNN.parquet (default {DEFAULT_PARTITION_ROWS:,})")
+    layout.add_argument("--healpix-order", type=int, metavar="K",
+                        help="write a HATS catalog (Norder=K/Dir=D/Npix=N.parquet) with hats-import; needs ra/dec")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous ingest in --out")
+    p.add_argument("--max-rows", type=int, metavar="N", help="ingest only the first N rows (trials)")
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers for hats-import (default 2)")
+    p.add_argument("--tmp-dir", type=cli_path, help="where the work directory goes (default: beside --out)")
+    p.set_defaults(func=_ingest)
+
+
+def _add_mcmc_parser(sub) -> None:
+    from sedflow.mcmc import PAPER_BURN_IN, PAPER_STEPS, PAPER_WALKERS
+
+    p = sub.add_parser(
+        "mcmc", help="zeus MCMC posterior of one galaxy (the paper's reference method)",
+        description="Sample p(theta | flux, z) for one galaxy with the zeus ensemble slice sampler "
+                    "(Gaussian flux likelihood, Hahn & Melchior 2022 Eq. 1; defaults: 30 walkers, 10,000 "
+                    "iterations, 2,000 burn-in [paper]) with the SED model and prior of a model artifact. "
+                    "Exit status 0 converged, 1 not converged, 2 bad input.")
+    p.add_argument("--flux", type=float, nargs="+", required=True, metavar="F",
+                   help="one flux per band of the model, in its band order [nanomaggies]")
+    p.add_argument("--flux-err", type=float, nargs="+", required=True, metavar="E",
+                   help="their 1-sigma uncertainties [nanomaggies]")
+    p.add_argument("--z", type=float, required=True, help="redshift")
+    p.add_argument("--model", type=cli_path,
+                   help="model whose SED model, filters and prior are used: a shipped name or a directory "
+                        "(default: the shipped sdss model, SDSS ugriz)")
+    p.add_argument("--walkers", type=int, default=PAPER_WALKERS, help=f"(default {PAPER_WALKERS})")
+    p.add_argument("--steps", type=int, default=PAPER_STEPS, help=f"total iterations (default {PAPER_STEPS})")
+    p.add_argument("--burn-in", type=int, default=PAPER_BURN_IN, help=f"(default {PAPER_BURN_IN})")
+    p.add_argument("--thin", type=int, default=1, help="keep every k-th iteration in --out (default 1)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tau-factor", type=float, default=50.0,
+                   help="converged needs kept iterations > this x max autocorrelation time (default 50)")
+    p.add_argument("--rhat-max", type=float, default=1.1,
+                   help="converged needs max split-R-hat below this (default 1.1)")
+    p.add_argument("--progress", action="store_true", help="show zeus's progress bar")
+    p.add_argument("--out", type=cli_path, help="write the samples here as Parquet (one column per parameter)")
+    p.set_defaults(func=_mcmc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sedflow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,14 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", type=cli_path, help="noise model JSON (default: the shipped one)")
     c.set_defaults(func=_noise_check)
 
-    from sedflow.ingest import add_ingest_parser
     from sedflow.simulate import PAPER_N
 
-    add_ingest_parser(sub)
-
-    from sedflow.mcmc import add_mcmc_parser
-
-    add_mcmc_parser(sub)
+    _add_ingest_parser(sub)
+    _add_mcmc_parser(sub)
 
     from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH
 
@@ -300,8 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=cli_path, required=True, help="output directory")
     s.add_argument("--shards", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--z-min", type=float, default=0.0)
-    s.add_argument("--z-max", type=float, default=0.2)
+    s.add_argument("--z-range", type=float, nargs=2, default=(0.0, 0.2), metavar=("ZMIN", "ZMAX"),
+                   help="redshifts drawn uniformly on (ZMIN, ZMAX] (default 0 0.2); the SED model's rest-frame "
+                        "grid follows the filters over this range")
+    s.add_argument("--filters", nargs="+", metavar="FILTER",
+                   help="filters, one per band of the noise model (default: the ones it records)")
     s.add_argument("--reported-errors", choices=["observed", "true"], default="observed",
                    help="report each galaxy's flux error from its observed flux, as catalogs do (default), or "
                         "from its noiseless flux (the first simulations' convention; leaks the noise draw)")

@@ -149,7 +149,7 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
         >>> len(res), sorted(res.samples)[:2]
         (3, ['beta1', 'beta2'])
     """
-    from sedflow.infer import infer_frame, load_models, partition_seed
+    from sedflow.infer import check_filters, infer_frame, load_models, partition_seed
     from sedflow.prior import PARAM_NAMES
 
     spec = CatalogSpec.load(spec)
@@ -169,6 +169,7 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
     refuse_duplicate_ids(frame["id"].to_numpy())
 
     post, sed = load_models(model)
+    check_filters(post, spec.bands, spec.filters, f"the description {spec.name!r}")
     table, draws = infer_frame(frame, post, sed, n_samples=int(n_samples), keep_samples=int(keep),
                                seed=partition_seed(seed, 0), property_samples=property_samples,
                                fallback=fallback, return_draws=True)

@@ -11,20 +11,12 @@ each partition at its input pixel's path ``dataset/Norder=k/Dir=d/Npix=n.parquet
 ``partition_info.csv``, ``hats.properties``) written by ``hats`` at the end, so that
 ``lsdb.read_hats(out)`` opens it.
 
-Flags (Hahn & Melchior 2022, Appendix A, generalised; thresholds stored in the model):
-
-``flag_bad_input``      non-finite or non-positive flux or error, ivar <= 0, z non-finite or
-                        outside the training range: not sampled, summaries null, row kept
-``flag_quality``        failed a quality cut of the catalog description (carried from ingest)
-``flag_sigma_ood``      sigma_mag above the 99.9th percentile of the training set's sigma_mag
-                        at that magnitude in any band (the paper's mu + 3 s of the noise
-                        model, measured on the simulated x: floors and flux noise included)
-``flag_color_ood``      a colour (u-g, g-r, r-i, i-z) outside the 0.1-99.9 percentiles of
-                        the training set
-``flag_posterior_ood``  x outside the training distribution's support: Mahalanobis distance
-                        of the standardised features above the training set's 99.9th
-                        percentile (posterior samples always land inside the prior, so a
-                        flow extrapolating cannot be seen in them)
+Flags: ``flag_bad_input`` (non-finite or non-positive flux or error, ivar <= 0, z non-finite or
+outside the training range: not sampled, summaries null, row kept), ``flag_quality`` (failed a
+quality cut of the catalog description, carried from ingest), and the out-of-distribution flags
+``flag_sigma_ood``, ``flag_color_ood``, ``flag_posterior_ood`` of `sedflow.ood` (thresholds
+stored in the model). The catalog must have the model's bands and filters (`check_filters`).
+Derived properties and the MCMC fallback use the SED model the artifact was trained with.
 
 ``method`` is ``anpe``, ``mcmc`` (with ``--fallback mcmc``, for OOD-flagged, valid rows) or
 ``none`` (bad input).
@@ -34,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from pathlib import Path
 
@@ -43,15 +34,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sedflow import hats_output
-from sedflow.catalog import MAG_ERR_PER_FRAC
-from sedflow.posterior import PosteriorModel, load_model, x_features
+from sedflow import hats_output, ood
+from sedflow.posterior import PosteriorModel, load_model, observables
 from sedflow.posterior import model_path as model_path_of
 from sedflow.prior import PARAM_NAMES
 from sedflow.sps.model import PROPERTY_NAMES
-from sedflow.sps.photometry import BANDS, nanomaggies_to_mag
+from sedflow.storage import write_parquet
 
-__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "output_schema", "observables", "galaxy_checks", "infer_frame",
+__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "output_schema", "check_filters", "galaxy_checks", "infer_frame",
            "load_models", "partition_seed", "run_inference"]
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
@@ -73,48 +63,34 @@ def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc
     return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples)})
 
 
-def observables(flux, err, z) -> np.ndarray:
-    """x (n, 11) in X_NAMES order (AB mags, mag errors, z) from fluxes and 1-sigma errors (n, 5)
-    [nanomaggies] and z (n,); non-positive fluxes give NaN/inf rows, not warnings."""
-    flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux,
-                                np.asarray(z, dtype=float).reshape(-1)])
+def check_filters(post: PosteriorModel, bands, filters=None, what="the catalog") -> None:
+    """ValueError unless ``what`` has the model's bands (and, when it records them, its filters)."""
+    if filters and tuple(filters) != post.filters:
+        raise ValueError(f"{what} was measured through filters {list(filters)}, the model was trained on "
+                         f"{list(post.filters)}: use a model trained for these filters")
+    if tuple(bands) != post.bands:
+        raise ValueError(f"{what} has bands {list(bands)}, the model {list(post.bands)}")
 
 
 def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray, dict]:
-    """x (n, 11) in X_NAMES order and the flags of a standard-form frame (see module docstring)."""
-    flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy(dtype=float)
-    err = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy(dtype=float)
+    """x (n, 2 n_bands + 1) in the model's x order and the flags of a standard-form frame (module docstring)."""
+    missing = [c for b in post.bands for c in (f"flux_{b}", f"flux_err_{b}") if c not in frame]
+    if missing:
+        raise ValueError(f"the catalog lacks the model's columns {missing} (bands {list(post.bands)})")
+    flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy(dtype=float)
+    err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy(dtype=float)
     z = frame["z"].to_numpy(dtype=float)
     x = observables(flux, err, z)
-    mag, mag_err = x[:, :5], x[:, 5:10]
-    ood = post.config["ood"]
-    zlo, zhi = ood["z_range"]
+    zlo, zhi = post.config["ood"]["z_range"]
     with np.errstate(invalid="ignore"):
         bad = (~np.all(np.isfinite(x), axis=1) | np.any(flux <= 0, axis=1) | np.any(err <= 0, axis=1)
                | (z < zlo) | (z > zhi))
     if "flag_bad_input" in frame:
         bad |= frame["flag_bad_input"].to_numpy(dtype=bool)
-    good = ~bad
     flags = {"flag_bad_input": bad,
              "flag_quality": frame["flag_quality"].to_numpy(dtype=bool) if "flag_quality" in frame
              else np.zeros(len(frame), bool)}
-    sigma_ood = np.zeros(len(frame), bool)
-    for j, b in enumerate(BANDS):
-        t = ood["sigma_mag_p99p9"][b]
-        limit = 10.0 ** np.interp(mag[good, j], t["mag"], t["log10_mag_err_p99p9"])
-        sigma_ood[good] |= mag_err[good, j] > limit
-    colour_ood = np.zeros(len(frame), bool)
-    for i, (lo, hi) in enumerate(ood["colour_percentiles_0p1_99p9"].values()):
-        c = mag[good, i] - mag[good, i + 1]
-        colour_ood[good] |= (c < lo) | (c > hi)
-    post_ood = np.zeros(len(frame), bool)
-    if good.any():
-        f = (x_features(x[good]) - post.x_mean) / post.x_std
-        d2 = np.einsum("ij,jk,ik->i", f, np.asarray(ood["mahalanobis_precision"]), f)
-        post_ood[good] = d2 > ood["mahalanobis_d2_99p9"]
-    flags.update(flag_sigma_ood=sigma_ood, flag_color_ood=colour_ood, flag_posterior_ood=post_ood)
+    flags.update(ood.flags(x, ~bad, post))
     return x, flags
 
 
@@ -180,18 +156,18 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     for k, start in enumerate(range(0, rows.size, per_chunk)):
         r = rows[start:start + per_chunk]
         theta = post.sample(x[r], n_samples, seed=[anpe_seed, k])
-        record(r, theta, x[r, 10])
+        record(r, theta, x[r, -1])
     if use_mcmc.any():
         from sedflow.mcmc import run_mcmc
 
-        flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy(dtype=float)
-        err = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy(dtype=float)
+        flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy(dtype=float)
+        err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy(dtype=float)
         for i, child in zip(np.flatnonzero(use_mcmc), mcmc_seed.spawn(int(use_mcmc.sum()))):
-            res = run_mcmc(flux[i], err[i], x[i, 10], model=sed, prior=post.prior,
+            res = run_mcmc(flux[i], err[i], x[i, -1], model=sed, prior=post.prior,
                            seed=int(child.generate_state(1)[0]), **(mcmc_options or {}))
             s = res.samples
             k = np.random.default_rng(child).choice(len(s), size=min(n_samples, len(s)), replace=False)
-            record(np.array([i]), s[k][None], x[i:i + 1, 10])
+            record(np.array([i]), s[k][None], x[i:i + 1, -1])
             converged[i] = bool(res.converged)
 
     cols.update(summ)
@@ -235,11 +211,10 @@ def _keep_freed_memory_in_heap():
 
 @functools.lru_cache(maxsize=4)
 def load_models(model=None):
-    """The posterior (`load_model`) and the SED model its derived properties and MCMC fallback use,
-    loaded once per process."""
-    from sedflow.sps.model import SEDModel
-
-    return load_model(model), SEDModel.default()
+    """The posterior (`load_model`) and the SED model it was trained with (its derived properties
+    and MCMC fallback use it), loaded once per process."""
+    post = load_model(model)
+    return post, post.sed_model()
 
 
 def _worker_models(model_path: str | None):
@@ -291,9 +266,7 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
         if layout is not None:
             table = hats_output.with_position_columns(table, frame, layout)
             path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write_parquet(table, path)
         counts.update(seconds=time.perf_counter() - t0, skipped=False)
     t = pq.read_table(path, columns=list(FLAGS) + ["method"])
     for f in FLAGS:
@@ -312,8 +285,8 @@ def _ingested_input(catalog_dir) -> dict | None:
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
-    return {k: m.get(k) for k in ("spec", "input", "max_rows", "rows_in", "layout", "partition_rows",
-                                  "healpix_order")}
+    return {k: m.get(k) for k in ("spec", "bands", "filters", "input", "max_rows", "rows_in", "layout",
+                                  "partition_rows", "healpix_order")}
 
 
 def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000, keep_samples: int = 0,
@@ -331,12 +304,15 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
         raise ValueError(f"--fallback must be 'mcmc' or absent, got {fallback!r}")
     if n_samples < 1 or keep_samples < 0 or keep_samples > n_samples:
         raise ValueError("need n_samples >= 1 and 0 <= keep_samples <= n_samples")
-    post = load_model(model_path)       # validate the artifact before starting any cluster
+    post = load_model(model_path)       # validate the artifact and the catalog before starting any cluster
+    catalog_input = _ingested_input(catalog_dir)
+    if catalog_input and catalog_input.get("bands"):
+        check_filters(post, catalog_input["bands"], catalog_input.get("filters"), f"the catalog {catalog_dir}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"model": str(model_path_of(model_path).resolve()) if model_path else None,
            "model_sha256": post.config["weights_sha256"], "catalog": str(Path(catalog_dir).resolve()),
-           "catalog_input": _ingested_input(catalog_dir),
+           "catalog_input": catalog_input,
            "n_samples": n_samples, "keep_samples": keep_samples, "seed": seed,
            "property_samples": property_samples, "fallback": fallback, "mcmc_options": mcmc_options or {},
            "out": str(out)}

@@ -68,14 +68,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sedflow.catalog import CatalogSpec, file_sha256, normalise_ids, read_catalog, refuse_duplicate_ids
-from sedflow.storage import cli_path
+from sedflow.catalog import CatalogSpec, normalise_ids, read_catalog, refuse_duplicate_ids
+from sedflow.storage import file_sha256, write_parquet
 
 __all__ = [
     "ingest_catalog",
     "standard_schema",
     "read_ingested",
-    "add_ingest_parser",
     "DEFAULT_PARTITION_ROWS",
     "MANIFEST",
 ]
@@ -88,8 +87,9 @@ _MAX_HEALPIX_ORDER = 29
 
 
 def standard_schema(bands, id_type: pa.DataType = pa.int64(), positions: bool = True,
-                    spec_name: str | None = None) -> pa.Schema:
-    """The explicit pyarrow schema of the standard input form (units in the field metadata)."""
+                    spec_name: str | None = None, filters=None) -> pa.Schema:
+    """The explicit pyarrow schema of the standard input form (units in the field metadata; the
+    bands and, when known, their filters as JSON in the schema metadata)."""
     fields = [pa.field("id", id_type, nullable=False, metadata={"description": "survey id"})]
     if positions:
         fields += [pa.field("ra", pa.float64(), metadata={"unit": "deg"}),
@@ -108,6 +108,8 @@ def standard_schema(bands, id_type: pa.DataType = pa.int64(), positions: bool = 
                  metadata={"description": "fails a quality cut of the catalog description"}),
     ]
     meta = {"sedflow": "standard input catalog", "format": str(_FORMAT), "bands": ",".join(bands)}
+    if filters:
+        meta["filters"] = json.dumps(list(filters))
     if spec_name:
         meta["catalog_spec"] = spec_name
     return pa.schema(fields, metadata=meta)
@@ -133,19 +135,13 @@ def _to_table(frame: pd.DataFrame, schema: pa.Schema, ids: np.ndarray) -> pa.Tab
 # writers
 # ----------------------------------------------------------------------------------------------
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
 def _write_row_partitions(table: pa.Table, dest: Path, partition_rows: int) -> list[str]:
     dest.mkdir(parents=True, exist_ok=True)
     names = []
     n = table.num_rows
     for k, start in enumerate(range(0, max(n, 1), partition_rows)):
         name = f"part-{k:05d}.parquet"
-        _write_atomic(table.slice(start, partition_rows), dest / name)
+        write_parquet(table.slice(start, partition_rows), dest / name, compression="zstd")
         names.append(name)
     return names
 
@@ -274,7 +270,7 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
             raise ValueError(f"{rows.size} rows have no valid ra/dec (e.g. rows {rows[:5].tolist()}) and "
                              f"no HEALPix pixel: the HATS layout cannot hold them without dropping them; "
                              f"use the row layout (partition_rows)")
-    schema = standard_schema(spec.bands, id_type, has_positions, spec.name)
+    schema = standard_schema(spec.bands, id_type, has_positions, spec.name, spec.filters)
     table = _to_table(frame, schema, ids)
     del frame
     sha = file_sha256(input_path)
@@ -307,6 +303,8 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
         summary = {
             "format": _FORMAT,
             "spec": spec.name,
+            "bands": list(spec.bands),
+            "filters": list(spec.filters),
             "input": {"name": input_path.name, "sha256": sha, "bytes": input_path.stat().st_size},
             "max_rows": max_rows,
             "layout": layout,
@@ -376,53 +374,3 @@ def read_ingested(out_dir, columns=None, **kwargs):
     if not any(out_dir.glob("part-*.parquet")):
         raise FileNotFoundError(f"{out_dir} holds neither part-*.parquet nor a HATS catalog")
     return dd.read_parquet(str(out_dir / "part-*.parquet"), columns=columns, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-# ----------------------------------------------------------------------------------------------
-
-def format_summary(s: dict) -> str:
-    """A few human lines about an ingest summary."""
-    where = (f"{s['partitions']} HEALPix partitions at order {s['healpix_order']} (HATS)"
-             if s["layout"] == "hats" else f"{s['partitions']} partitions of <= {s['partition_rows']:,} rows")
-    reasons = ", ".join(f"{k}: {v:,}" for k, v in s["flagged"].items())
-    return (f"ingested {s['input']['name']} ({s['spec']}): {s['rows_in']:,} rows in, {s['rows_out']:,} out, "
-            f"{where} under {s['out']} in {s['seconds']:.1f} s\n"
-            f"  flag_bad_input: {s['flag_bad_input']:,}, flag_quality: {s['flag_quality']:,} ({reasons})")
-
-
-def _ingest_command(args) -> int:
-    import sys
-
-    try:
-        s = ingest_catalog(args.input, args.spec, args.out, partition_rows=args.partition_rows,
-                           healpix_order=args.healpix_order, overwrite=args.overwrite, workers=args.workers,
-                           tmp_dir=args.tmp_dir, max_rows=args.max_rows)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"sedflow ingest: error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(s))
-    return 0
-
-
-def add_ingest_parser(subparsers):
-    """Register ``sedflow ingest`` on an argparse subparsers object; returns its parser."""
-    p = subparsers.add_parser(
-        "ingest", help="catalog -> partitioned Parquet (standard columns; rows or HATS)",
-        description="Read a FITS/CSV/Parquet catalog through its description and write the standard "
-                    "input form as partitioned Parquet; no row is dropped, bad values are flagged.")
-    p.add_argument("input", type=cli_path, help="FITS, CSV or Parquet catalog")
-    p.add_argument("--spec", required=True, help="catalog description: a shipped name (nsa, sdss_kcorrect) or a YAML path")
-    p.add_argument("--out", type=cli_path, required=True, help="output directory (new or empty)")
-    layout = p.add_mutually_exclusive_group()
-    layout.add_argument("--partition-rows", type=int, metavar="N",
-                        help=f"rows per part-NNNNN.parquet (default {DEFAULT_PARTITION_ROWS:,})")
-    layout.add_argument("--healpix-order", type=int, metavar="K",
-                        help="write a HATS catalog (Norder=K/Dir=D/Npix=N.parquet) with hats-import; needs ra/dec")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous ingest in --out")
-    p.add_argument("--max-rows", type=int, metavar="N", help="ingest only the first N rows (trials)")
-    p.add_argument("--workers", type=int, default=2, help="local Dask workers for hats-import (default 2)")
-    p.add_argument("--tmp-dir", type=cli_path, help="where the work directory goes (default: beside --out)")
-    p.set_defaults(func=_ingest_command)
-    return p

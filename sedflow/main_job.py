@@ -59,9 +59,10 @@ def _figures(table, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sedflow.infer import load_models, observables
+    from sedflow.figures import best_fit, plot_sed_fits
+    from sedflow.infer import load_models
+    from sedflow.posterior import observables
     from sedflow.prior import PARAM_NAMES
-    from sedflow.sps.photometry import BANDS
 
     ok = table["method"] == "anpe"
     ood = ok & (table["flag_sigma_ood"] | table["flag_color_ood"] | table["flag_posterior_ood"])
@@ -80,24 +81,15 @@ def _figures(table, out: Path) -> None:
     if not (ok & ~ood).any():
         return
     row = table[ok & ~ood].iloc[0]
-    flux = np.array([row[f"flux_{b}"] for b in BANDS])
-    err = np.array([row[f"flux_err_{b}"] for b in BANDS])
     post, sed = load_models(None)
+    flux = np.array([row[f"flux_{b}"] for b in post.bands])
+    err = np.array([row[f"flux_err_{b}"] for b in post.bands])
     theta = post.sample(observables(flux, err, row["z"]), 5000, seed=0)[0]  # more draws than kept: smooth contours
     idx = [0, 5, 6, 10, 11]
     fig = corner.corner(theta[:, idx], labels=[PARAM_NAMES[i] for i in idx], plot_datapoints=False)
-    model = sed.photometry(theta, row["z"])
-    i_best = np.argmin(np.sum(((model - flux) / err) ** 2, axis=1))
-    best = theta[i_best]
-    wave, lum = sed.spectrum(best[None], row["z"])
+    _, best = best_fit(sed, theta[None], flux[None], err[None], np.array([row["z"]]))
     ax = fig.add_axes([0.6, 0.68, 0.36, 0.28])
-    obs = wave * (1 + row["z"])
-    fnu = lum[0] * obs**2                                   # f_nu up to a constant
-    fnu *= model[i_best, 2] / np.interp(6166.0, obs, fnu)
-    ax.loglog(obs, fnu, lw=0.7, label="best-fit SED (f_nu, scaled at r)")
-    centres = np.array([3551, 4686, 6166, 7480, 8932])
-    ax.errorbar(centres, flux, err, fmt="o", color="C3", label="photometry [nmgy]")
-    ax.set(xlabel="observed wavelength [A]", title=f"id {row['id']}, z={row['z']:.3f}")
-    ax.legend(fontsize=6)
+    plot_sed_fits(ax, sed, row["z"], flux, err, [(best[0], "C0", "best posterior draw")])
+    ax.set_title(f"id {row['id']}, z={row['z']:.3f}", fontsize=8)
     fig.savefig(out / "galaxy_corner.png", dpi=90)
     plt.close(fig)

@@ -69,9 +69,7 @@ import contextlib
 import json
 import logging
 import operator
-import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +78,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sedflow.prior import PARAM_NAMES, Prior
-from sedflow.storage import cli_path
+from sedflow.storage import write_parquet
 
 if TYPE_CHECKING:
     from sedflow.sps.model import SEDModel
 
-__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "split_rhat", "write_samples", "read_samples", "format_summary",
-           "add_mcmc_parser", "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
+__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "split_rhat", "write_samples", "read_samples",
+           "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
 
 PAPER_WALKERS = 30       # [paper] Sec. 5 / PROVABGS
 PAPER_STEPS = 10_000
@@ -498,7 +496,6 @@ def write_samples(result: McmcResult, path, flux=None, flux_err=None, extra: dic
     into the schema metadata under ``b"sedflow.mcmc"`` as JSON; `read_samples` reads both back.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     meta = result.summary()
@@ -511,14 +508,7 @@ def write_samples(result: McmcResult, path, flux=None, flux_err=None, extra: dic
                        metadata={b"sedflow.mcmc": json.dumps(meta).encode()})
     table = pa.Table.from_arrays([pa.array(result.samples[:, i]) for i in range(len(result.names))], schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_parquet(table, path, compression="zstd")
 
 
 def read_samples(path) -> tuple[np.ndarray, dict]:
@@ -531,73 +521,3 @@ def read_samples(path) -> tuple[np.ndarray, dict]:
         raise ValueError(f"{path} is not an MCMC sample file written by sedflow (columns {PARAM_NAMES})")
     samples = np.column_stack([table.column(n).to_numpy() for n in PARAM_NAMES])
     return samples, json.loads(meta)
-
-
-def format_summary(result: McmcResult) -> str:
-    """Plain-text table: median and 16/84 percentiles, tau and R-hat per parameter, then the verdict."""
-    p16, p50, p84 = result.percentiles()
-    lines = [f"{'parameter':>9} {'median':>11} {'p16':>11} {'p84':>11} {'tau':>8} {'R-hat':>7}"]
-    for i, n in enumerate(result.names):
-        lines.append(f"{n:>9} {p50[i]:11.5g} {p16[i]:11.5g} {p84[i]:11.5g} {result.autocorr_time[i]:8.1f} "
-                     f"{result.rhat[i]:7.3f}")
-    need = result.tau_factor * float(np.max(result.autocorr_time))
-    lines.append(f"converged: {'yes' if result.converged else 'NO'} (kept {result.n_kept_steps} iterations, "
-                 f"need > {result.tau_factor:g} x max tau = {need:.0f}; max R-hat {np.max(result.rhat):.3f}, "
-                 f"need < {result.rhat_max:g})")
-    lines.append(f"{result.n_walkers} walkers x {result.n_steps} iterations ({result.burn_in} burn-in, thin "
-                 f"{result.thin}): {len(result.samples):,} samples; {result.n_evaluations:,} evaluations; "
-                 f"{result.seconds:.1f} s; best-fit chi2 {result.best_chi2:.2f}"
-                 + (f"; {result.n_reset} stuck walkers moved during burn-in" if result.n_reset else ""))
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
-
-def _mcmc_command(args) -> int:
-    try:
-        from sedflow.sps.model import SEDModel
-
-        model = SEDModel.default()
-        result = run_mcmc(args.flux, args.flux_err, args.z, model=model, n_walkers=args.walkers,
-                          n_steps=args.steps, burn_in=args.burn_in, thin=args.thin, seed=args.seed,
-                          progress=args.progress, tau_factor=args.tau_factor, rhat_max=args.rhat_max)
-        print(format_summary(result))
-        if args.out:
-            path = write_samples(result, args.out, flux=args.flux, flux_err=args.flux_err)
-            print(f"wrote {len(result.samples):,} samples to {path}")
-    except ValueError as e:
-        print(f"sedflow mcmc: error: {e}", file=sys.stderr)
-        return 2
-    return 0 if result.converged else 1
-
-
-def add_mcmc_parser(subparsers):
-    """Register ``sedflow mcmc`` on an argparse subparsers object; returns its parser.
-
-    Exit status of the handler (``args.func(args)``): 0 converged, 1 not converged, 2 bad input.
-    """
-    p = subparsers.add_parser(
-        "mcmc", help="zeus MCMC posterior of one galaxy (the paper's reference method)",
-        description="Sample p(theta | flux, z) for one galaxy with the zeus ensemble slice sampler "
-                    "(Gaussian flux likelihood, Hahn & Melchior 2022 Eq. 1; defaults: 30 walkers, 10,000 "
-                    "iterations, 2,000 burn-in [paper]). Exit status 0 converged, 1 not converged, 2 bad input.")
-    p.add_argument("--flux", type=float, nargs=5, required=True, metavar="F",
-                   help="u g r i z fluxes [nanomaggies]")
-    p.add_argument("--flux-err", type=float, nargs=5, required=True, metavar="E",
-                   help="u g r i z 1-sigma flux uncertainties [nanomaggies]")
-    p.add_argument("--z", type=float, required=True, help="redshift")
-    p.add_argument("--walkers", type=int, default=PAPER_WALKERS, help=f"(default {PAPER_WALKERS})")
-    p.add_argument("--steps", type=int, default=PAPER_STEPS, help=f"total iterations (default {PAPER_STEPS})")
-    p.add_argument("--burn-in", type=int, default=PAPER_BURN_IN, help=f"(default {PAPER_BURN_IN})")
-    p.add_argument("--thin", type=int, default=1, help="keep every k-th iteration in --out (default 1)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--tau-factor", type=float, default=50.0,
-                   help="converged needs kept iterations > this x max autocorrelation time (default 50)")
-    p.add_argument("--rhat-max", type=float, default=1.1,
-                   help="converged needs max split-R-hat below this (default 1.1)")
-    p.add_argument("--progress", action="store_true", help="show zeus's progress bar")
-    p.add_argument("--out", type=cli_path, help="write the samples here as Parquet (one column per parameter)")
-    p.set_defaults(func=_mcmc_command)
-    return p

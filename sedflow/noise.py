@@ -21,15 +21,15 @@ Example
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from sedflow.catalog import MAG_ERR_PER_FRAC, CatalogSpec, file_sha256, read_catalog
-from sedflow.sps.photometry import BANDS, nanomaggies_to_mag
+from sedflow.catalog import MAG_ERR_PER_FRAC, CatalogSpec, read_catalog
+from sedflow.sps.photometry import nanomaggies_to_mag
+from sedflow.storage import file_sha256, write_json
 
 __all__ = ["NoiseModel", "fit_noise_model", "compare_with_catalog", "NSA_MAG_ERR_FLOOR"]
 
@@ -43,6 +43,9 @@ class NoiseModel:
     Parameters
     ----------
     bands : band names, in flux-column order.
+    filters : each band's filter (speclite name or response file), as the catalog described it;
+        simulations with this noise model use them. None for models fitted before filters were
+        recorded: SDSS ugriz (``sdss2010-*``) if the bands are u, g, r, i, z.
     mag_centres, median, std : per band, 1-D arrays of equal length (the fitted bins).
     floors : per band magnitude-error floor added in quadrature (0 = none).
     flux_range : per band (min, max) extinction-corrected flux [nanomaggies] of the
@@ -50,8 +53,11 @@ class NoiseModel:
     source : provenance dict.
     """
 
-    def __init__(self, bands, mag_centres, median, std, floors=None, flux_range=None, source=None):
+    def __init__(self, bands, mag_centres, median, std, floors=None, flux_range=None, source=None, filters=None):
         self.bands = tuple(bands)
+        self.filters = tuple(filters) if filters else None
+        if self.filters is not None and len(self.filters) != len(self.bands):
+            raise ValueError(f"noise model: {len(self.filters)} filters for {len(self.bands)} bands")
         self.mag_centres = [np.asarray(c, dtype=float) for c in mag_centres]
         self.median = [np.asarray(m, dtype=float) for m in median]
         self.std = [np.asarray(s, dtype=float) for s in std]
@@ -94,6 +100,7 @@ class NoiseModel:
             "format": _FORMAT,
             "kind": "sedflow.NoiseModel",
             "bands": list(self.bands),
+            **({"filters": list(self.filters)} if self.filters else {}),
             "bins": {b: {"mag": c.tolist(), "median": m.tolist(), "std": s.tolist()}
                      for b, c, m, s in zip(self.bands, self.mag_centres, self.median, self.std)},
             "mag_err_floor": dict(zip(self.bands, self.floors.tolist())),
@@ -111,14 +118,24 @@ class NoiseModel:
         bins = d["bins"]
         return cls(bands, [bins[b]["mag"] for b in bands], [bins[b]["median"] for b in bands],
                    [bins[b]["std"] for b in bands], floors=d.get("mag_err_floor"),
-                   flux_range=d.get("flux_range"), source=d.get("source"))
+                   flux_range=d.get("flux_range"), source=d.get("source"), filters=d.get("filters"))
+
+    @property
+    def band_filters(self) -> tuple:
+        """The filters simulations with this model use (`filters`, or SDSS for old ugriz models)."""
+        if self.filters:
+            return self.filters
+        from sedflow.sps.photometry import BANDS, SDSS_FILTERS
+
+        if self.bands == BANDS:
+            return SDSS_FILTERS
+        raise ValueError(f"the noise model for bands {list(self.bands)} records no filters: refit it with "
+                         "`sedflow noise fit` (the catalog description names them) or pass --filters")
 
     def save(self, path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> "NoiseModel":
@@ -140,7 +157,8 @@ class NoiseModel:
 def fit_noise_model(catalog, spec, floors=None, bin_width: float = 0.25, min_count: int = 10):
     """Fit a `NoiseModel` to a catalog read with a `CatalogSpec` (name or path).
 
-    Rows flagged ``flag_bad_input`` by `read_catalog` (non-finite or non-positive flux,
+    Every band of the description is fitted, and its filters are recorded. Rows flagged
+    ``flag_bad_input`` by `read_catalog` (non-finite or non-positive flux,
     ivar <= 0, NaN) are excluded and counted; bins with fewer than ``min_count`` galaxies
     are dropped. The fit uses the survey's errors as reported (no floors added);
     ``floors`` (band -> mag; default: the description's ``mag_err_floor``) are stored in
@@ -148,23 +166,21 @@ def fit_noise_model(catalog, spec, floors=None, bin_width: float = 0.25, min_cou
 
     Returns (model, report) where report counts rows used and excluded.
     """
-    spec = spec if isinstance(spec, CatalogSpec) else CatalogSpec.load(spec)
-    missing = [b for b in BANDS if b not in spec.bands]
-    if missing:
-        raise ValueError(f"catalog description {spec.name} lacks bands {missing}")
+    spec = CatalogSpec.load(spec)
+    bands = spec.bands
     frame, counts = read_catalog(catalog, spec, apply_floors=False)
     if floors is None and spec.mag_err_floor and not spec.floor_applied:
         floors = dict(spec.mag_err_floor)
     good = ~frame["flag_bad_input"].to_numpy()
     if good.sum() < 2 * min_count:
         raise ValueError(f"{catalog}: only {good.sum()} usable rows (need >= {2 * min_count})")
-    flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy()[good]
-    sigma = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy()[good]
+    flux = frame[[f"flux_{b}" for b in bands]].to_numpy()[good]
+    sigma = frame[[f"flux_err_{b}" for b in bands]].to_numpy()[good]
     mag = nanomaggies_to_mag(flux)
     mag_err = MAG_ERR_PER_FRAC * sigma / flux
 
     centres, medians, stds = [], [], []
-    for j, b in enumerate(BANDS):
+    for j, b in enumerate(bands):
         lo = np.floor(mag[:, j].min() / bin_width) * bin_width
         hi = np.ceil(mag[:, j].max() / bin_width) * bin_width
         edges = np.arange(lo, hi + bin_width / 2, bin_width)
@@ -179,14 +195,15 @@ def fit_noise_model(catalog, spec, floors=None, bin_width: float = 0.25, min_cou
         if len(c) < 2:
             raise ValueError(f"band {b}: fewer than 2 magnitude bins with >= {min_count} galaxies")
         centres.append(c), medians.append(m), stds.append(s)
-    flux_range = {b: [float(flux[:, j].min()), float(flux[:, j].max())] for j, b in enumerate(BANDS)}
+    flux_range = {b: [float(flux[:, j].min()), float(flux[:, j].max())] for j, b in enumerate(bands)}
     catalog = Path(catalog)
     source = {"catalog": catalog.name, "sha256": file_sha256(catalog), "spec": spec.name,
               "rows": counts["rows"], "rows_used": int(good.sum()), "rows_excluded": int((~good).sum()),
               "excluded_by_reason": {k: v for k, v in counts.items() if k not in ("rows", "flag_quality")},
               "bin_width_mag": bin_width, "min_count": min_count,
               "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    model = NoiseModel(BANDS, centres, medians, stds, floors=floors, flux_range=flux_range, source=source)
+    model = NoiseModel(bands, centres, medians, stds, floors=floors, flux_range=flux_range, source=source,
+                       filters=spec.filters)
     return model, source
 
 
@@ -196,7 +213,7 @@ def compare_with_catalog(model: NoiseModel, catalog, spec) -> dict:
     Returns {band: {n, observed_median, model_median (of mu(m) with floors), median_ratio
     (median of observed / modelled), frac_above_mu_3s}}.
     """
-    spec = spec if isinstance(spec, CatalogSpec) else CatalogSpec.load(spec)
+    spec = CatalogSpec.load(spec)
     frame, _ = read_catalog(catalog, spec)
     good = ~frame["flag_bad_input"].to_numpy()
     flux = frame[[f"flux_{b}" for b in model.bands]].to_numpy()[good]

@@ -1,9 +1,10 @@
 """The amortized posterior q(theta | x): density estimators, the model artifact, sampling.
 
 The flow models the 11-dim unconstrained coordinates u of `Prior` (so every sample maps
-back inside the prior), standardised, conditioned on x = (mag_u..mag_z, mag_err_u..mag_err_z,
-z), with log10 of the magnitude errors (they span three decades) and standardised
-(Hahn & Melchior 2022, Sec. 2.1 and 3.3). Estimators come from sbi's factory
+back inside the prior), standardised, conditioned on x = (mag_b for each band, mag_err_b for
+each band, z) -- `x_names(bands)`, built from fluxes by `observables` -- with log10 of the
+magnitude errors (they span three decades) and standardised (Hahn & Melchior 2022, Sec. 2.1
+and 3.3). The bands and their filters come from the artifact: any survey's. Estimators come from sbi's factory
 `sbi.neural_nets.posterior_nn`; no flow layer is written here.
 
 Architectures (`ARCHITECTURES`):
@@ -29,23 +30,22 @@ Example
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from sedflow.catalog import MAG_ERR_PER_FRAC
 from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
-from sedflow.sps.photometry import BANDS
+from sedflow.sps.photometry import BANDS, SDSS_FILTERS, nanomaggies_to_mag
+from sedflow.storage import atomic_write, file_sha256, write_json
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "X_NAMES", "FORMAT_VERSION", "DEFAULT_MODEL", "build_estimator",
-           "PosteriorModel", "load_model", "save_model", "ArtifactError", "model_path", "shipped_models",
-           "default_model_path"]
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "FORMAT_VERSION", "DEFAULT_MODEL", "build_estimator", "x_names",
+           "observables", "x_features", "PosteriorModel", "load_model", "save_model", "ArtifactError", "model_path",
+           "shipped_models", "default_model_path"]
 
-FORMAT_VERSION = 1
-X_NAMES = tuple([f"mag_{b}" for b in BANDS] + [f"mag_err_{b}" for b in BANDS] + ["z"])
+FORMAT_VERSION = 2     # 2: bands and filters recorded, x of any number of bands; 1 (SDSS ugriz) still loads
 ARCHITECTURES = {
     "paper": {"model": "maf", "hidden_features": 500, "num_transforms": 15},
     "coupling": {"model": "zuko_maf", "hidden_features": [64, 64], "num_transforms": 5, "passes": 2},
@@ -87,8 +87,33 @@ def default_model_path() -> Path:
     return model_path(None)
 
 
-def build_estimator(arch: str | dict):
-    """A fresh (untrained) sbi density estimator for 11-dim u given 11-dim x.
+def x_names(bands) -> tuple:
+    """The flow's input columns for ``bands``: AB magnitudes, magnitude errors, redshift."""
+    return tuple([f"mag_{b}" for b in bands] + [f"mag_err_{b}" for b in bands] + ["z"])
+
+
+def observables(flux, err, z) -> np.ndarray:
+    """x (n, 2 n_bands + 1) in `x_names` order (AB mags, mag errors = 1.0857 err / flux, z) from
+    fluxes and 1-sigma errors (n, n_bands) [nanomaggies] and z (n,); non-positive fluxes give
+    NaN/inf entries, not warnings."""
+    flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux,
+                                np.asarray(z, dtype=float).reshape(-1)])
+
+
+def x_features(x: np.ndarray) -> np.ndarray:
+    """x in `x_names` order -> network features: log10 of the magnitude errors."""
+    x = np.asarray(x, dtype=np.float64)
+    nb = (x.shape[1] - 1) // 2
+    f = x.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f[:, nb:2 * nb] = np.log10(x[:, nb:2 * nb])
+    return f
+
+
+def build_estimator(arch: str | dict, n_x: int = 2 * len(BANDS) + 1):
+    """A fresh (untrained) sbi density estimator for 11-dim u given ``n_x``-dim x.
 
     Standardisation is done outside the network (stored in the artifact), so sbi's
     z-scoring is off and the network is fully determined by the architecture.
@@ -102,25 +127,8 @@ def build_estimator(arch: str | dict):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unknown kwargs passed to ConditionalFlowConfig")
         builder = posterior_nn(z_score_theta="none", z_score_x="none", **kwargs)
-        dummy = torch.zeros(2, len(UNCONSTRAINED_NAMES)), torch.zeros(2, len(X_NAMES))
+        dummy = torch.zeros(2, len(UNCONSTRAINED_NAMES)), torch.zeros(2, n_x)
         return builder(*dummy)
-
-
-def x_features(x: np.ndarray) -> np.ndarray:
-    """x (n, 11) in X_NAMES order -> network features: log10 of the magnitude errors."""
-    x = np.asarray(x, dtype=np.float64)
-    f = x.copy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f[:, 5:10] = np.log10(x[:, 5:10])
-    return f
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -146,6 +154,15 @@ class PosteriorModel:
         self.u_mean, self.u_std = np.array(std["u_mean"]), np.array(std["u_std"])
         self.prior = Prior.from_dict(config["prior"])
         self.arch = config["architecture"]["name"]
+        self.bands = tuple(config["bands"])
+        self.filters = tuple(config["filters"])
+        self.x_names = x_names(self.bands)
+
+    def sed_model(self, **kwargs):
+        """The SED model this posterior was trained with (derived properties, MCMC, held-out sims)."""
+        from sedflow.sps.model import SEDModel
+
+        return SEDModel.from_description(self.config["sed_model"], prior=self.prior, **kwargs)
 
     # ------------------------------------------------------------------ inputs
     def _x_tensor(self, x):
@@ -154,8 +171,9 @@ class PosteriorModel:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 1:
             x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != len(X_NAMES):
-            raise ValueError(f"x must have shape (n_gal, {len(X_NAMES)}) ordered {list(X_NAMES)}, got {x.shape}")
+        if x.ndim != 2 or x.shape[1] != len(self.x_names):
+            raise ValueError(f"x must have shape (n_gal, {len(self.x_names)}) ordered {list(self.x_names)}, "
+                             f"got {x.shape}")
         f = x_features(x)
         if not np.all(np.isfinite(f)):
             bad = np.flatnonzero(~np.all(np.isfinite(f), axis=1))
@@ -164,7 +182,7 @@ class PosteriorModel:
 
     # ------------------------------------------------------------------ sampling
     def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
-        """Draws of u (n_gal, n, 11) given x (n_gal, 11); chunks of about ``chunk_rows`` draws."""
+        """Draws of u (n_gal, n, 11) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws."""
         import torch
 
         xt = self._x_tensor(x)
@@ -188,7 +206,7 @@ class PosteriorModel:
         return self.prior.from_unconstrained(u.reshape(-1, u.shape[-1])).reshape(u.shape[0], n, -1)
 
     def log_prob(self, theta, x) -> np.ndarray:
-        """log q(theta | x) per row (theta (m, 12) with x (m, 11) or one x (11,)), density over
+        """log q(theta | x) per row (theta (m, 12) with x (m, n_x) or one x (n_x,)), density over
         the prior's 11 free coordinates (beta4 implied)."""
         import torch
 
@@ -218,16 +236,15 @@ def save_model(path, net, config: dict) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{WEIGHTS}.tmp{os.getpid()}"
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, path / WEIGHTS)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_write(path / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+    if "bands" not in config or "filters" not in config or len(config["bands"]) != len(config["filters"]):
+        raise ValueError("a model config names its bands and, one each, their filters")
     config = {**config, "format_version": FORMAT_VERSION, "kind": "sedflow.posterior",
-              "x_names": list(X_NAMES), "theta_names": list(PARAM_NAMES),
+              "x_names": list(x_names(config["bands"])), "theta_names": list(PARAM_NAMES),
               "u_names": list(UNCONSTRAINED_NAMES), "versions": _versions(),
-              "weights_sha256": _sha256(path / WEIGHTS)}
-    tmp = path / f".{CONFIG}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(config, indent=1))
-    os.replace(tmp, path / CONFIG)
+              "weights_sha256": file_sha256(path / WEIGHTS)}
+    write_json(path / CONFIG, config)
     return path
 
 
@@ -241,8 +258,8 @@ def load_model(model=None) -> PosteriorModel:
     -------
     >>> import sedflow
     >>> post = sedflow.load_model()              # the shipped SDSS model, i.e. load_model("sdss")
-    >>> post.config["x_names"][:2]
-    ['mag_u', 'mag_g']
+    >>> post.bands, post.x_names[:2]
+    (('u', 'g', 'r', 'i', 'z'), ('mag_u', 'mag_g'))
     """
     from safetensors.torch import load_file
 
@@ -259,13 +276,18 @@ def load_model(model=None) -> PosteriorModel:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(f"{path} has artifact format {version}; this sedflow reads up to {FORMAT_VERSION} "
                             "(upgrade sedflow)")
-    if list(config.get("x_names", [])) != list(X_NAMES) or list(config.get("theta_names", [])) != list(PARAM_NAMES):
-        raise ArtifactError(f"{path}: x/theta definitions differ from this sedflow's")
-    digest = _sha256(path / WEIGHTS)
+    if version < 2:          # format 1: SDSS ugriz, bands and filters implied
+        config = {**config, "bands": list(BANDS), "filters": list(SDSS_FILTERS)}
+    bands = config.get("bands") or []
+    if (list(config.get("x_names", [])) != list(x_names(bands)) or len(config.get("filters") or []) != len(bands)
+            or list(config.get("theta_names", [])) != list(PARAM_NAMES)):
+        raise ArtifactError(f"{path}: its bands, filters, x or theta definitions are inconsistent or differ from "
+                            "this sedflow's")
+    digest = file_sha256(path / WEIGHTS)
     if digest != config.get("weights_sha256"):
         raise ArtifactError(f"{path / WEIGHTS} is corrupted or was modified: sha256 {digest[:12]}... does not match "
                             f"the config's {str(config.get('weights_sha256'))[:12]}...")
-    net = build_estimator(config["architecture"]["kwargs"])
+    net = build_estimator(config["architecture"]["kwargs"], n_x=len(config["x_names"]))
     try:
         net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     except RuntimeError as e:

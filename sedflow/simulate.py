@@ -1,7 +1,9 @@
 """Simulate the ANPE training set: (theta, x) pairs as Parquet shards, fanned out with Ray.
 
 For each galaxy (Hahn & Melchior 2022, Sec. 3): theta ~ prior, z ~ U(z_min, z_max],
-noiseless ugriz from the SED model, sigma_mag from the empirical noise model at the
+noiseless fluxes through the noise model's filters (the catalog it was fitted to named them;
+``SimulationConfig.filters`` overrides) from an SED model whose rest-frame grid covers them over
+the redshift range, sigma_mag from the empirical noise model at the
 noiseless magnitude, flux noise n ~ N(0, sigma_f), then the paper's cuts: simulations whose
 sigma draw is <= 0 in any band, and those whose noisy flux falls outside the reference
 catalog's flux range in any band, are removed (and counted). z is drawn on (0, 0.2] by
@@ -17,7 +19,7 @@ the configuration and refuses a rerun into the same directory with a different o
 
 Schema (one row per kept simulation; float64 unless noted):
 ``logmstar .. n_dust`` (the 12 parameters), ``u0 .. u10`` (`Prior.to_unconstrained`), ``z``,
-and per band b in ugriz ``flux_true_{b}``, ``flux_{b}``, ``flux_err_{b}`` [nanomaggies],
+and per band b of the noise model ``flux_true_{b}``, ``flux_{b}``, ``flux_err_{b}`` [nanomaggies],
 ``mag_{b}``, ``mag_err_{b}`` [AB mag; mag_err = 1.0857 flux_err / flux], then ``shard``
 (int32) and ``row`` (int64, index within the shard).
 """
@@ -25,7 +27,6 @@ and per band b in ugriz ``flux_true_{b}``, ``flux_{b}``, ``flux_err_{b}`` [nanom
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,23 +38,26 @@ import pyarrow.parquet as pq
 from sedflow.catalog import MAG_ERR_PER_FRAC
 from sedflow.noise import NoiseModel
 from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
-from sedflow.sps.photometry import BANDS, nanomaggies_to_mag
+from sedflow.sps.photometry import nanomaggies_to_mag
+from sedflow.storage import write_parquet
 
-__all__ = ["SIM_SCHEMA", "SimulationConfig", "simulate_rows", "run_simulation", "shard_path", "shard_counts", "PAPER_N"]
+__all__ = ["simulation_schema", "SimulationConfig", "simulate_rows", "run_simulation", "shard_path", "shard_counts", "PAPER_N"]
 
 PAPER_N = 1_131_561  # size of the SEDflow training set
 MANIFEST = "_simulation.json"
 _FORMAT = 1
 
-SIM_SCHEMA = pa.schema(
-    [pa.field(n, pa.float64()) for n in PARAM_NAMES]
-    + [pa.field(n, pa.float64()) for n in UNCONSTRAINED_NAMES]
-    + [pa.field("z", pa.float64())]
-    + [pa.field(f"{q}_{b}", pa.float64()) for b in BANDS
-       for q in ("flux_true", "flux", "flux_err", "mag", "mag_err")]
-    + [pa.field("shard", pa.int32()), pa.field("row", pa.int64())],
-    metadata={"sedflow": "simulation shard", "format": str(_FORMAT)},
-)
+def simulation_schema(bands) -> pa.Schema:
+    """The explicit schema of a simulation shard for ``bands`` (module docstring)."""
+    return pa.schema(
+        [pa.field(n, pa.float64()) for n in PARAM_NAMES]
+        + [pa.field(n, pa.float64()) for n in UNCONSTRAINED_NAMES]
+        + [pa.field("z", pa.float64())]
+        + [pa.field(f"{q}_{b}", pa.float64()) for b in bands
+           for q in ("flux_true", "flux", "flux_err", "mag", "mag_err")]
+        + [pa.field("shard", pa.int32()), pa.field("row", pa.int64())],
+        metadata={"sedflow": "simulation shard", "format": str(_FORMAT), "bands": ",".join(bands)},
+    )
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class SimulationConfig:
     z_min: float = 0.0
     z_max: float = 0.2
     reported_errors: str = "observed"
+    filters: tuple | None = None     # None: the noise model's (the catalog it was fitted to named them)
 
     def shard_sizes(self) -> list[int]:
         base, extra = divmod(self.n, self.shards)
@@ -105,6 +110,9 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
     """
     if reported_errors not in REPORTED_ERRORS:
         raise ValueError(f"reported_errors must be one of {REPORTED_ERRORS}, got {reported_errors!r}")
+    if len(model.band_names) != len(noise.bands):
+        raise ValueError(f"the SED model has {len(model.band_names)} filters, the noise model {len(noise.bands)} "
+                         f"bands {list(noise.bands)}")
     rng = np.random.default_rng(rng)
     lo_f, hi_f = noise.flux_range[:, 0], noise.flux_range[:, 1]
     parts, counts, kept = [], _Counts(), 0
@@ -132,7 +140,7 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
     cols.update({name: u[:, i] for i, name in enumerate(UNCONSTRAINED_NAMES)})
     cols["z"] = z
     mag = nanomaggies_to_mag(flux)
-    for j, b in enumerate(BANDS):
+    for j, b in enumerate(noise.bands):
         cols[f"flux_true_{b}"] = flux_true[:, j]
         cols[f"flux_{b}"] = flux[:, j]
         cols[f"flux_err_{b}"] = flux_err[:, j]
@@ -151,9 +159,10 @@ def _simulate_shard(model, noise, prior, config: SimulationConfig, k: int):
                                  reported_errors=config.reported_errors)
     cols["shard"] = np.full(n, k, dtype=np.int32)
     cols["row"] = np.arange(n, dtype=np.int64)
-    table = pa.Table.from_pydict(cols, schema=SIM_SCHEMA)
+    schema = simulation_schema(noise.bands)
+    table = pa.Table.from_pydict(cols, schema=schema)
     # draw/cut counts travel in the file (deterministic), the time does not
-    table = table.replace_schema_metadata({**SIM_SCHEMA.metadata, b"counts": json.dumps(counts).encode()})
+    table = table.replace_schema_metadata({**schema.metadata, b"counts": json.dumps(counts).encode()})
     return table, {**counts, "seconds": time.perf_counter() - t0}
 
 
@@ -163,26 +172,22 @@ def shard_counts(path) -> dict:
     return json.loads(md.get(b"counts", b"{}"))
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _shard_complete(path: Path, n_rows: int) -> bool:
+def _shard_complete(path: Path, n_rows: int, schema: pa.Schema) -> bool:
     if not path.is_file():
         return False
     try:
         md = pq.read_metadata(path)
     except Exception:
         return False
-    return md.num_rows == n_rows and md.schema.to_arrow_schema().remove_metadata().equals(SIM_SCHEMA.remove_metadata())
+    return md.num_rows == n_rows and md.schema.to_arrow_schema().remove_metadata().equals(schema.remove_metadata())
 
 
 def _manifest(config: SimulationConfig, noise: NoiseModel, model, prior: Prior) -> dict:
-    return {"format": _FORMAT, "config": asdict(config), "prior": prior.to_dict(),
+    config = asdict(config)
+    config["filters"] = list(model.band_names)
+    return {"format": _FORMAT, "config": config, "bands": list(noise.bands), "prior": prior.to_dict(),
             "noise_model": noise.to_dict(), "sed_model": model.describe(),
-            "schema": [f.name for f in SIM_SCHEMA]}
+            "schema": [f.name for f in simulation_schema(noise.bands)]}
 
 
 def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise: NoiseModel | None = None,
@@ -211,9 +216,16 @@ def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise
     if noise.flux_range is None:
         raise ValueError("the noise model has no reference flux range (fit it with `sedflow noise fit`)")
     prior = prior or Prior()
-    model = model or SEDModel.default()
+    filters = tuple(config.filters) if config.filters else noise.band_filters
+    if len(filters) != len(noise.bands):
+        raise ValueError(f"{len(filters)} filters for the noise model's {len(noise.bands)} bands {list(noise.bands)}")
+    if model is None:    # the rest-frame grid follows the filters and the redshift range
+        model = SEDModel(filters=filters, z_min=config.z_min, z_max=config.z_max, prior=prior)
+    elif tuple(model.band_names) != filters:
+        raise ValueError(f"the SED model's filters {list(model.band_names)} differ from {list(filters)}")
     if config.z_max > model.phot.z_max:
         raise ValueError(f"z_max={config.z_max} exceeds the SED model's {model.phot.z_max}")
+    schema = simulation_schema(noise.bands)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +242,8 @@ def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise
         stale.unlink()  # temp files of an interrupted run
 
     sizes = config.shard_sizes()
-    todo = [k for k in range(config.shards) if not _shard_complete(shard_path(out, k, config.shards), sizes[k])]
+    todo = [k for k in range(config.shards)
+            if not _shard_complete(shard_path(out, k, config.shards), sizes[k], schema)]
     counts, t0, written = _Counts(), time.perf_counter(), 0
     if todo:
         with ray_session(address):
@@ -250,7 +263,7 @@ def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise
                     raise RuntimeError(f"shard {k} failed on the Ray cluster ({type(e).__name__}); "
                                        f"{written} shards written this run are kept in {out}: rerun the "
                                        "same command to resume") from e
-                _write_atomic(table, shard_path(out, k, config.shards))
+                write_parquet(table, shard_path(out, k, config.shards))
                 counts.add(c)
                 written += 1
                 bar.update(1)
@@ -262,7 +275,7 @@ def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise
             bar.close()
     elapsed = time.perf_counter() - t0
     paths = [shard_path(out, k, config.shards) for k in range(config.shards)]
-    complete = [_shard_complete(p, n) for p, n in zip(paths, sizes)]
+    complete = [_shard_complete(p, n, schema) for p, n in zip(paths, sizes)]
     total = _Counts()
     for p, ok in zip(paths, complete):
         if ok:

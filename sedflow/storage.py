@@ -1,4 +1,5 @@
-"""Where stages read and write: local (or shared, e.g. NFS) POSIX paths and ``file://`` URLs.
+"""Where stages read and write: local (or shared, e.g. NFS) POSIX paths and ``file://`` URLs,
+and the one way every stage publishes a file (`atomic_write`: a temp file beside it, renamed).
 
 Every stage that writes (simulate, train, ingest, infer, validate) resumes by finding
 finished files and publishes each file with an atomic rename; object stores (``s3://``,
@@ -10,10 +11,55 @@ or a bucket mounted with s3fs / mountpoint-s3) and copy to object storage afterw
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["local_path", "cli_path"]
+__all__ = ["local_path", "cli_path", "atomic_write", "write_parquet", "write_json", "file_sha256", "temp_name"]
+
+
+def temp_name(path: Path) -> Path:
+    """The temp file `atomic_write` writes first: ``.{name}.tmp{pid}`` beside ``path`` (stale ones match
+    ``.{name}.tmp*``; the pid keeps two writers apart)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def atomic_write(path, write) -> Path:
+    """Publish ``path`` whole or not at all: ``write(tmp)`` writes a temp file beside it, which is then
+    renamed over ``path`` (atomic on POSIX filesystems); the temp file is removed if ``write`` fails."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_parquet(table, path, **kwargs) -> Path:
+    """`atomic_write` of a pyarrow Table (``kwargs`` go to ``pyarrow.parquet.write_table``)."""
+    import pyarrow.parquet as pq
+
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, **kwargs))
+
+
+def write_json(path, obj) -> Path:
+    """`atomic_write` of a JSON document (indented)."""
+    text = json.dumps(obj, indent=1)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def file_sha256(path) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def local_path(location) -> Path:

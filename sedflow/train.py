@@ -27,14 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH, X_NAMES, build_estimator, save_model, x_features
+from sedflow.ood import fit_thresholds
+from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH, build_estimator, save_model, x_features, x_names
 from sedflow.prior import UNCONSTRAINED_NAMES
-from sedflow.sps.photometry import BANDS
+from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
-__all__ = ["train", "training_data", "ood_thresholds", "COLOURS"]
+__all__ = ["train", "training_data", "simulation_bands"]
 
-COLOURS = tuple(f"{a}-{b}" for a, b in zip(BANDS[:-1], BANDS[1:]))
-_COLUMNS = list(UNCONSTRAINED_NAMES) + list(X_NAMES)
+
+def simulation_bands(manifest: dict) -> tuple[tuple, tuple]:
+    """(bands, filters) of a simulation manifest (older manifests: SDSS ugriz)."""
+    bands = tuple(manifest.get("bands") or BANDS)
+    filters = tuple((manifest.get("config") or {}).get("filters") or (manifest.get("sed_model") or {}).get("filters")
+                    or SDSS_FILTERS)
+    return bands, filters
 
 
 # ---------------------------------------------------------------------- data
@@ -50,9 +56,10 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
     manifest_path = data_dir / "_simulation.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     listing = []
+    columns = list(UNCONSTRAINED_NAMES) + list(x_names(simulation_bands(manifest)[0]))
     for p in shards:
         md = pq.read_metadata(p)
-        missing = [c for c in _COLUMNS if c not in md.schema.names]
+        missing = [c for c in columns if c not in md.schema.names]
         if missing:
             raise ValueError(f"{p} lacks columns {missing}: not a sedflow simulation shard")
         listing.append({"file": p.name, "rows": md.num_rows, "bytes": p.stat().st_size})
@@ -61,24 +68,25 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
                               "manifest_sha256": digest, "directory_name": data_dir.resolve().name}
 
 
-def _read_shard(path, k: int, seed: int, val_fraction: float):
+def _read_shard(path, k: int, seed: int, val_fraction: float, bands):
     """(u, x features, is_validation) of one shard; the split depends on (seed, shard) only."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path, columns=_COLUMNS)
+    xn = x_names(bands)
+    t = pq.read_table(path, columns=list(UNCONSTRAINED_NAMES) + list(xn))
     u = np.column_stack([t.column(c).to_numpy() for c in UNCONSTRAINED_NAMES])
-    x = x_features(np.column_stack([t.column(c).to_numpy() for c in X_NAMES]))
+    x = x_features(np.column_stack([t.column(c).to_numpy() for c in xn]))
     val = np.random.default_rng([seed, k]).uniform(size=len(u)) < val_fraction
     return u, x, val
 
 
-def _statistics(shards, seed: int, val_fraction: float, sample_rows: int = 200_000) -> dict:
+def _statistics(shards, seed: int, val_fraction: float, bands, sample_rows: int = 200_000) -> dict:
     """Standardisation and OOD thresholds from the training rows, one shard in memory at a time."""
     n, su, su2, sx, sx2 = 0, 0.0, 0.0, 0.0, 0.0
     keep = []
     total = 0
     for k, p in enumerate(shards):
-        u, x, val = _read_shard(p, k, seed, val_fraction)
+        u, x, val = _read_shard(p, k, seed, val_fraction, bands)
         u, x = u[~val], x[~val]
         n += len(u)
         su, su2 = su + u.sum(0), su2 + (u**2).sum(0)
@@ -95,40 +103,8 @@ def _statistics(shards, seed: int, val_fraction: float, sample_rows: int = 200_0
         "rows_train": int(n),
         "standardization": {"x_mean": x_mean.tolist(), "x_std": x_std.tolist(),
                             "u_mean": u_mean.tolist(), "u_std": u_std.tolist()},
-        "ood": ood_thresholds(sub, x_mean, x_std),
+        "ood": fit_thresholds(sub, x_mean, x_std, bands),
     }
-
-
-def ood_thresholds(features: np.ndarray, x_mean, x_std, bin_width: float = 0.25, min_count: int = 100) -> dict:
-    """Out-of-distribution thresholds from training x features (log10 mag_err), stored in the artifact.
-
-    * sigma: per band, the 99.9th percentile of log10 sigma_mag in magnitude bins of the
-      *simulated* x (the paper's mu + 3 s of the noise model, measured where floors and flux
-      noise are already included, so the training set itself is flagged at ~0.1% per band).
-    * colours: 0.1 and 99.9 percentiles of u-g, g-r, r-i, i-z.
-    * z range, and the Mahalanobis distance of standardised features (99.9th percentile).
-    """
-    mags, log_err = features[:, :5], features[:, 5:10]
-    sigma = {}
-    for j, b in enumerate(BANDS):
-        edges = np.arange(np.floor(mags[:, j].min() / bin_width) * bin_width, mags[:, j].max() + bin_width, bin_width)
-        idx = np.digitize(mags[:, j], edges) - 1
-        centres, p999 = [], []
-        for k in range(edges.size - 1):
-            e = log_err[idx == k, j]
-            if e.size >= min_count:
-                centres.append(0.5 * (edges[k] + edges[k + 1]))
-                p999.append(float(np.percentile(e, 99.9)))
-        sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999}
-    f = (features - x_mean) / x_std
-    prec = np.linalg.inv(np.cov(f, rowvar=False))
-    d2 = np.einsum("ij,jk,ik->i", f, prec, f)
-    return {"sigma_mag_p99p9": sigma,
-            "colour_percentiles_0p1_99p9": {c: np.percentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist()
-                                            for i, c in enumerate(COLOURS)},
-            "z_range": [float(features[:, 10].min()), float(features[:, 10].max())],
-            "mahalanobis_precision": prec.tolist(),
-            "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
 
 
 # ---------------------------------------------------------------------- the worker loop
@@ -165,7 +141,7 @@ def _train_loop(cfg: dict) -> None:
     # this worker's rows: global row index % world == rank
     parts, offset = {"train": [], "val": []}, 0
     for k, p in enumerate(cfg["shards"]):
-        u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"])
+        u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"], cfg["bands"])
         mine = (offset + np.arange(len(u))) % world == rank
         offset += len(u)
         for name, sel in (("train", mine & ~val), ("val", mine & val)):
@@ -173,7 +149,7 @@ def _train_loop(cfg: dict) -> None:
                                 ((x[sel] - x_mean) / x_std).astype(np.float32)))
     data = {k: tuple(torch.from_numpy(np.concatenate(a)) for a in zip(*v)) for k, v in parts.items()}
 
-    net = build_estimator(cfg["arch_kwargs"])
+    net = build_estimator(cfg["arch_kwargs"], n_x=len(x_names(cfg["bands"])))
     model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     # lr x 1/2 after lr_patience epochs without a better validation loss (0: constant lr)
@@ -272,6 +248,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards, manifest, fingerprint = training_data(data_dir)
+    bands, filters = simulation_bands(manifest)
     t0 = time.perf_counter()
     stats_path = out / "training_statistics.json"
     if stats_path.exists():   # a resumed run must keep the standardisation of the original
@@ -279,12 +256,13 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         if stats["fingerprint"] != fingerprint or stats["seed"] != seed:
             raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
     else:
-        stats = {**_statistics(shards, seed, val_fraction), "fingerprint": fingerprint, "seed": seed}
+        stats = {**_statistics(shards, seed, val_fraction, bands), "fingerprint": fingerprint, "seed": seed}
         stats_path.write_text(json.dumps({k: v for k, v in stats.items() if k != "ood"}))
 
     with ray_session(address):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         cfg = {"shards": [str(p.resolve()) for p in shards], "seed": seed, "val_fraction": val_fraction,
+               "bands": list(bands),
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
                "lr_patience": lr_patience, "threads_per_worker": max(1, cpus // workers)}
@@ -304,8 +282,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError(f"the validation loss was never finite in {state['epoch']} epochs (training diverged); "
                          f"lower --lr (was {lr:g}) and use a new --out")
     if "ood" not in stats:   # resumed run: the thresholds are recomputed, not cached
-        stats["ood"] = _statistics(shards, seed, val_fraction)["ood"]
-    net = build_estimator(ARCHITECTURES[arch])
+        stats["ood"] = _statistics(shards, seed, val_fraction, bands)["ood"]
+    net = build_estimator(ARCHITECTURES[arch], n_x=len(x_names(bands)))
     net.load_state_dict(state["best_net"])
     n_params = sum(p.numel() for p in net.parameters())
     history = state["history"]
@@ -313,8 +291,10 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     config = {
         "architecture": {"name": arch, "builder": "sbi.neural_nets.posterior_nn", "kwargs": ARCHITECTURES[arch],
                          "parameters": n_params},
-        "x_definition": "mag_{ugriz} (AB, extinction-corrected), mag_err_{ugriz} = 1.0857 flux_err/flux, z; "
-                        "the network sees log10(mag_err); all standardised",
+        "bands": list(bands),
+        "filters": list(filters),
+        "x_definition": "mag_{b} (AB, extinction-corrected) for each band, mag_err_{b} = 1.0857 flux_err/flux, "
+                        "z; the network sees log10(mag_err); all standardised",
         "theta_space": "Prior.to_unconstrained (11-dim, R^11), standardised",
         "standardization": stats["standardization"],
         "ood": stats["ood"],

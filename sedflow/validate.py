@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from sedflow.diagnostics import calibration_report, plot_pp, plot_rank_histograms, plot_tarp, sbc_ranks, tarp
+from sedflow.figures import best_fit, plot_sed_fits
 from sedflow.noise import NoiseModel
-from sedflow.posterior import X_NAMES, load_model
+from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES
-from sedflow.sps.photometry import AB_ZEROPOINT_FNU, BANDS, C_ANGSTROM_S, LSUN_ERG_S
 
 __all__ = ["held_out_simulations", "validate", "THRESHOLDS"]
 
@@ -33,7 +33,8 @@ THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_med
 
 
 def held_out_simulations(post, sed, n: int, seed: int) -> dict:
-    """Simulations drawn as the training set was, with a fresh seed: theta, x, flux, flux_err, z."""
+    """Simulations drawn as the training set was (``sed``: the model's own, `PosteriorModel.sed_model`),
+    with a fresh seed: theta, x, flux, flux_err, z."""
     from sedflow.simulate import simulate_rows
 
     cfg = post.config.get("simulation") or {}
@@ -43,19 +44,10 @@ def held_out_simulations(post, sed, n: int, seed: int) -> dict:
                             z_min=cfg.get("z_min", 0.0), z_max=cfg.get("z_max", 0.2),
                             reported_errors=cfg.get("reported_errors", "true"))
     return {"theta": np.column_stack([cols[p] for p in PARAM_NAMES]),
-            "x": np.column_stack([cols[c] for c in X_NAMES]),
-            "flux": np.column_stack([cols[f"flux_{b}"] for b in BANDS]),
-            "flux_err": np.column_stack([cols[f"flux_err_{b}"] for b in BANDS]),
+            "x": np.column_stack([cols[c] for c in post.x_names]),
+            "flux": np.column_stack([cols[f"flux_{b}"] for b in post.bands]),
+            "flux_err": np.column_stack([cols[f"flux_err_{b}"] for b in post.bands]),
             "z": cols["z"]}
-
-
-def _best_fit_chi2(sed, theta, flux, flux_err, z):
-    """chi^2 of the best posterior draw per galaxy: theta (n, k, 12) -> (n,), best theta (n, 12)."""
-    n, k, _ = theta.shape
-    model = sed.photometry(theta.reshape(-1, 12), np.repeat(z, k)).reshape(n, k, -1)
-    chi2 = np.sum(((model - flux[:, None]) / flux_err[:, None]) ** 2, axis=2)
-    best = np.argmin(chi2, axis=1)
-    return chi2[np.arange(n), best], theta[np.arange(n), best]
 
 
 def _mcmc_request(sed, prior, sims, i, seed, mcmc_options) -> dict:
@@ -164,24 +156,9 @@ def _plot_overlay(post, sed, sims, keep, path):
                         hist_kwargs={"density": True}, plot_datapoints=False)
     corner.corner(keep["anpe"][:, idx], fig=fig, color="C0", hist_kwargs={"density": True}, plot_datapoints=False)
     ax = fig.add_axes([0.62, 0.68, 0.34, 0.28])
-    z = sims["z"][0]
-    _, best = _best_fit_chi2(sed, keep["anpe"][None, :500], sims["flux"][:1], sims["flux_err"][:1], sims["z"][:1])
-    # observed lambda F_lambda [erg/s/cm^2]: lambda L_lambda / (4 pi d_L^2) for the spectra, and
-    # nu F_nu = (c / lambda_eff) f_nu for the photometry (a nanomaggy is 3631e-9 Jy)
-    dl = sed.phot.luminosity_distance_cm(np.array([z]))[0]
-    lam_eff = sed.phot.filters.effective_wavelengths.to_value("Angstrom")
-    per_nanomaggy = C_ANGSTROM_S / lam_eff * AB_ZEROPOINT_FNU * 1e-9
-    for theta, colour, label in ((best[0], "C0", "ANPE best fit"), (keep["mcmc_best"], "k", "MCMC best fit")):
-        wave, lum = sed.spectrum(theta[None], z)
-        flux = sed.photometry(theta[None], z)[0]
-        chi2 = np.sum(((flux - sims["flux"][0]) / sims["flux_err"][0]) ** 2)
-        ax.loglog(wave * (1 + z), wave * lum[0] * LSUN_ERG_S / (4 * np.pi * dl ** 2), color=colour, lw=0.8,
-                  label=f"{label}, chi^2 {chi2:.1f}")
-        ax.plot(lam_eff, flux * per_nanomaggy, "s", mfc="none", color=colour, ms=5)
-    ax.errorbar(lam_eff, sims["flux"][0] * per_nanomaggy, sims["flux_err"][0] * per_nanomaggy, fmt="o",
-                color="C3", label="photometry (squares: the fits')")
-    ax.set(xlabel="observed wavelength [A]", ylabel="lambda F_lambda [erg/s/cm^2]")
-    ax.legend(fontsize=6)
+    _, best = best_fit(sed, keep["anpe"][None, :500], sims["flux"][:1], sims["flux_err"][:1], sims["z"][:1])
+    plot_sed_fits(ax, sed, sims["z"][0], sims["flux"][0], sims["flux_err"][0],
+                  [(best[0], "C0", "ANPE best fit"), (keep["mcmc_best"], "k", "MCMC best fit")])
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -194,15 +171,23 @@ def _real_data(post, sed, catalog, spec, n_samples, seed):
     x, flags = galaxy_checks(frame, post)
     good = ~flags["flag_bad_input"]
     theta = post.sample(x[good], n_samples, seed=seed)
-    flux = frame[[f"flux_{b}" for b in BANDS]].to_numpy()[good]
-    err = frame[[f"flux_err_{b}" for b in BANDS]].to_numpy()[good]
-    chi2, _ = _best_fit_chi2(sed, theta[:, :min(n_samples, 200)], flux, err, x[good, 10])
+    flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy()[good]
+    err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy()[good]
+    chi2, _ = best_fit(sed, theta[:, :min(n_samples, 200)], flux, err, x[good, -1])
     return {"catalog": str(catalog), "rows": int(len(frame)),
             "flagged_fraction": {f: float(np.mean(flags[f])) for f in FLAGS},
             "any_ood_fraction": float(np.mean(flags["flag_sigma_ood"] | flags["flag_color_ood"]
                                               | flags["flag_posterior_ood"])),
             "best_fit_chi2_percentiles_16_50_84": np.percentile(chi2, [16, 50, 84]).tolist(),
-            "best_fit_chi2_5_dof_p95": 11.07}, chi2
+            "n_bands": len(post.bands), "best_fit_chi2_p95_n_bands_dof": _chi2_p95(len(post.bands))}, chi2
+
+
+def _chi2_p95(dof: int) -> float:
+    """95th percentile of chi^2 with ``dof`` degrees of freedom (one per band: the reference for a
+    best-fit chi^2, which the fit's free parameters only lower)."""
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(0.95, dof))
 
 
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
@@ -219,12 +204,10 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sedflow.sps.model import SEDModel
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     post = load_model(model_path)
-    sed = SEDModel.default()
+    sed = post.sed_model()                   # the physics the model was trained on
     metrics = {"model": str(model_path or "shipped"), "architecture": post.config["architecture"],
                "n_test": n_test, "n_samples": n_samples, "seed": seed, "thresholds": THRESHOLDS}
 
@@ -248,16 +231,19 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
         mc["passes"] = all(v < THRESHOLDS["mcmc_median_offset_max"] for v in mc["median_abs_offset_over_sigma"].values())
         metrics["mcmc"] = mc
 
-    if catalog is None:
+    if catalog is None:           # the NSA rows beside the repository, for a model of NSA's filters
+        from sedflow.catalog import CatalogSpec
+
         nsa = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsa_lcs" / "nsa_v0_1_2_lcs_subset.fits"
-        catalog = nsa if nsa.exists() else None
+        catalog = nsa if nsa.exists() and CatalogSpec.load(catalog_spec).filters == post.filters else None
     if catalog is not None:
         real, chi2 = _real_data(post, sed, catalog, catalog_spec, min(n_samples, 1000), seed)
         metrics["real_data"] = real
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.hist(np.clip(chi2, 0, 100), bins=50, histtype="step")
-        ax.axvline(11.07, color="k", ls=":", label="chi2(5 dof) 95%")
-        ax.set(xlabel="best-fit chi^2 (5 bands)", ylabel="galaxies", title=Path(catalog).name)
+        nb = len(post.bands)
+        ax.axvline(_chi2_p95(nb), color="k", ls=":", label=f"chi2({nb} dof) 95%")
+        ax.set(xlabel=f"best-fit chi^2 ({nb} bands)", ylabel="galaxies", title=Path(catalog).name)
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "real_chi2.png", dpi=100)
@@ -304,6 +290,7 @@ def _report_md(m: dict) -> str:
                   "| flag | fraction |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in r["flagged_fraction"].items()]
         lo, med, hi = r["best_fit_chi2_percentiles_16_50_84"]
-        lines += ["", f"Best-fit chi^2 (5 bands): median {med:.1f} (16-84%: {lo:.1f}-{hi:.1f}).", "",
+        lines += ["", f"Best-fit chi^2 ({r.get('n_bands', 5)} bands): median {med:.1f} (16-84%: {lo:.1f}-{hi:.1f}).",
+                  "",
                   "![chi2](real_chi2.png)", ""]
     return "\n".join(lines)

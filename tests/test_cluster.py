@@ -181,7 +181,7 @@ def catalog(tmp_path_factory, sed_model):
     from sedflow.noise import NoiseModel
     from sedflow.prior import Prior
     from sedflow.simulate import simulate_rows
-    from sedflow.sps.photometry import BANDS
+    from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
     cols, _ = simulate_rows(sed_model, NoiseModel.default(), Prior(), 240, np.random.default_rng(4))
     table = {"id": np.arange(240, dtype=np.int64), "z": cols["z"]}
@@ -189,7 +189,7 @@ def catalog(tmp_path_factory, sed_model):
     table.update({f"flux_err_{b}": cols[f"flux_err_{b}"] for b in BANDS})
     d = tmp_path_factory.mktemp("catalog")
     pq.write_table(pa.table(table), d / "cat.parquet")
-    spec = CatalogSpec(name="simulated", bands=tuple(BANDS), id="id", redshift="z",
+    spec = CatalogSpec(name="simulated", bands=tuple(BANDS), id="id", redshift="z", filters=SDSS_FILTERS,
                        flux={"columns": [f"flux_{b}" for b in BANDS], "units": "nanomaggies"},
                        flux_error={"columns": [f"flux_err_{b}" for b in BANDS], "kind": "sigma"},
                        cuts={"redshift_range": [0.0, 0.2]})

@@ -1,6 +1,5 @@
 """Ingest: no row dropped, exact flags, duplicate ids refused, row and HATS layouts read by Dask and LSDB."""
 
-import argparse
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 
 from conftest import shared_path
 from sedflow.catalog import CatalogSpec, read_catalog
-from sedflow.ingest import MANIFEST, add_ingest_parser, ingest_catalog, read_ingested, standard_schema
+from sedflow.ingest import MANIFEST, ingest_catalog, read_ingested, standard_schema
 
 BANDS = ("u", "g", "r", "i", "z")
 N = 200
@@ -43,6 +42,7 @@ def write_catalog(tmp_path, ids=None, n=N, seed=0):
     spec = tmp_path / "toy.yaml"
     spec.write_text(json.dumps({  # JSON is YAML
         "name": "toy", "id": "OBJID", "ra": "RA", "dec": "DEC", "redshift": "ZSPEC", "bands": list(BANDS),
+        "filters": [f"sdss2010-{b}" for b in BANDS],
         "flux": {"column": "FLUX", "units": "nanomaggies"},
         "flux_error": {"column": "FLUX_IVAR", "kind": "ivar"},
         "extinction": {"column": "EXT", "applied": False},
@@ -213,20 +213,17 @@ def test_nsa_subset_both_layouts(tmp_path):
 
 
 def test_cli_handler(tmp_path, capsys):
+    from sedflow.cli import build_parser, main
+
     path, spec, _ = write_catalog(tmp_path)
-    parser = argparse.ArgumentParser(prog="sedflow")
-    add_ingest_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ingest", str(path), "--spec", str(spec), "--out", str(tmp_path / "o"),
-                              "--partition-rows", "100"])
-    assert args.func(args) == 0
+    assert main(["ingest", str(path), "--spec", str(spec), "--out", str(tmp_path / "o"), "--partition-rows", "100"]) == 0
     out = capsys.readouterr().out
     assert "200 rows in, 200 out, 2 partitions" in out and "flag_bad_input: 5" in out
-    args = parser.parse_args(["ingest", str(path), "--spec", str(spec), "--out", str(tmp_path / "o")])
-    assert args.func(args) == 2  # exists
+    assert main(["ingest", str(path), "--spec", str(spec), "--out", str(tmp_path / "o")]) == 2  # exists
     assert "not empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one layout or the other
-        parser.parse_args(["ingest", str(path), "--spec", "x", "--out", "o", "--partition-rows", "5",
-                           "--healpix-order", "2"])
+        build_parser().parse_args(["ingest", str(path), "--spec", "x", "--out", "o", "--partition-rows", "5",
+                                   "--healpix-order", "2"])
 
 
 def test_unreadable_and_mismatched_catalogs_give_one_line_and_exit_2(tmp_path, capsys):

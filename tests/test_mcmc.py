@@ -4,7 +4,6 @@ Runs are far shorter than the paper's (30 walkers x 10,000 iterations) to keep t
 only loose recovery is asserted and short runs are expected to be flagged as not converged.
 """
 
-import argparse
 import json
 import logging
 import random
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sedflow import PARAM_NAMES
-from sedflow.mcmc import add_mcmc_parser, run_mcmc, split_rhat
+from sedflow.mcmc import run_mcmc, split_rhat
 
 Z = 0.1
 
@@ -154,15 +153,15 @@ def test_split_rhat():
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="sedflow")
-    add_mcmc_parser(p.add_subparsers(dest="command", required=True))
-    return p
+    from sedflow.cli import build_parser
+
+    return build_parser()
 
 
-def test_cli_writes_parquet(sed_model, galaxy, tmp_path, monkeypatch, capsys):
-    from sedflow.sps.model import SEDModel
+def test_cli_writes_parquet(galaxy, tmp_path, capsys):
+    """`sedflow mcmc` with the shipped model's SED model and prior; exit 0/1 by convergence, 2 on bad input."""
+    from sedflow.cli import main
 
-    monkeypatch.setattr(SEDModel, "default", classmethod(lambda cls, **kw: sed_model))
     _, flux, flux_err = galaxy
     out = tmp_path / "post" / "galaxy.parquet"
     argv = ["mcmc", "--flux", *map(str, flux), "--flux-err", *map(str, flux_err), "--z", str(Z),
@@ -177,6 +176,7 @@ def test_cli_writes_parquet(sed_model, galaxy, tmp_path, monkeypatch, capsys):
     assert meta["converged"] is False and meta["n_walkers"] == 24 and len(meta["flux"]) == 5
     assert not [p for p in out.parent.iterdir() if p.name != out.name]      # no temp file left
 
-    bad = _parser().parse_args(argv[:-2] + ["--z", "-1"])
-    assert bad.func(bad) == 2
+    assert main(argv[:-2] + ["--z", "-1"]) == 2
     assert "z must lie in" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--flux", "1", "2", "3"]) == 2             # 3 fluxes for a 5-band model
+    assert "5 bands" in capsys.readouterr().err

@@ -32,6 +32,7 @@ def write_catalog(tmp_path, n=20000, seed=0):
     spec = tmp_path / "toy.yaml"
     spec.write_text(json.dumps({
         "name": "toy", "id": "objid", "redshift": "zspec", "bands": list(BANDS),
+        "filters": [f"sdss2010-{b}" for b in BANDS],
         "flux": {"columns": [f"f_{b}" for b in BANDS], "units": "nanomaggies"},
         "flux_error": {"columns": [f"ivar_{b}" for b in BANDS], "kind": "ivar"},
     }))  # JSON is YAML

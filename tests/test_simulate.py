@@ -1,5 +1,6 @@
 """Simulator: schema, cuts, determinism across worker counts, resume after interruption (real Ray)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 
 from sedflow.noise import NoiseModel
 from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES
-from sedflow.simulate import SIM_SCHEMA, SimulationConfig, run_simulation, shard_counts, shard_path, simulate_rows
+from sedflow.sps.photometry import BANDS
+from sedflow.simulate import SimulationConfig, simulation_schema, run_simulation, shard_counts, shard_path, simulate_rows
 
 CONFIG = SimulationConfig(n=600, shards=2, seed=7)
 
@@ -22,17 +24,24 @@ def shard_bytes(out, config):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, ray_local, sed_model):
+def reference(tmp_path_factory, ray_local):
+    """The SED model built from the configuration (filters of the noise model, z range), as the CLI does."""
     out = tmp_path_factory.mktemp("sim_ref")
-    summary = run_simulation(out, CONFIG, model=sed_model, progress=False)
+    summary = run_simulation(out, CONFIG, progress=False)
     return out, summary
 
 
-def test_schema_and_contents(reference, sed_model, prior):
+def test_schema_and_contents(reference, prior):
+    from sedflow.sps.model import SEDModel
+
     out, summary = reference
+    manifest = json.loads((out / "_simulation.json").read_text())
+    assert manifest["bands"] == list(BANDS) and manifest["config"]["filters"] == [f"sdss2010-{b}" for b in BANDS]
+    sed_model = SEDModel.from_description(manifest["sed_model"])      # the model the shards were made with
+    assert sed_model.z_range == (0.0, 0.2)
     assert summary["complete"] and summary["rows"] == 600
     table = pq.read_table(shard_path(out, 0, 2))
-    assert table.schema.remove_metadata().equals(SIM_SCHEMA.remove_metadata())
+    assert table.schema.remove_metadata().equals(simulation_schema(BANDS).remove_metadata())
     names = table.column_names
     assert names[:12] == list(PARAM_NAMES) and names[12:23] == list(UNCONSTRAINED_NAMES) and names[23] == "z"
     for b in "ugriz":
@@ -82,20 +91,20 @@ def test_cuts_remove_exactly_the_rows_outside(sed_model, prior):
     np.testing.assert_allclose(cols["logmstar"], theta[ok & inside][:50, 0])
 
 
-def test_identical_files_whatever_the_number_of_workers(reference, tmp_path, sed_model):
+def test_identical_files_whatever_the_number_of_workers(reference, tmp_path):
     out, _ = reference
     one = tmp_path / "one_worker"
-    run_simulation(one, CONFIG, model=sed_model, workers=1, progress=False)
+    run_simulation(one, CONFIG, workers=1, progress=False)
     assert shard_bytes(one, CONFIG) == shard_bytes(out, CONFIG)
 
 
-def test_interrupted_run_resumes_to_the_same_rows(reference, tmp_path, sed_model):
+def test_interrupted_run_resumes_to_the_same_rows(reference, tmp_path):
     out, _ = reference
     part = tmp_path / "part"
-    s1 = run_simulation(part, CONFIG, model=sed_model, workers=1, stop_after=1, progress=False)
+    s1 = run_simulation(part, CONFIG, workers=1, stop_after=1, progress=False)
     assert s1["shards_complete"] == 1 and not s1["complete"]
     (part / ".shard-00001-of-00002.parquet.tmp999").write_bytes(b"half-written")   # a killed writer's leftover
-    s2 = run_simulation(part, CONFIG, model=sed_model, progress=False)
+    s2 = run_simulation(part, CONFIG, progress=False)
     assert s2["complete"] and s2["shards_skipped"] == 1 and s2["shards_written_now"] == 1
     assert shard_bytes(part, CONFIG) == shard_bytes(out, CONFIG)
     assert not list(part.glob(".shard-*"))

@@ -7,16 +7,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sedflow.posterior import X_NAMES, ArtifactError, default_model_path, load_model
+from sedflow.posterior import ArtifactError, default_model_path, load_model, x_names
+from sedflow.sps.photometry import BANDS
 from sedflow.prior import PARAM_NAMES
 from sedflow.simulate import SimulationConfig, run_simulation
 from sedflow.train import train
 
 
 @pytest.fixture(scope="module")
-def sims(tmp_path_factory, ray_local, sed_model):
+def sims(tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("train_sims")
-    run_simulation(out, SimulationConfig(n=6000, shards=3, seed=1), model=sed_model, progress=False)
+    run_simulation(out, SimulationConfig(n=6000, shards=3, seed=1), progress=False)
     return out
 
 
@@ -47,12 +48,14 @@ def test_artifact_round_trip(trained, sims):
     out, _, second = trained
     post = load_model(out)
     cfg = post.config
-    assert cfg["format_version"] == 1 and cfg["architecture"]["name"] == "coupling"
+    assert cfg["format_version"] == 2 and cfg["architecture"]["name"] == "coupling"
+    assert cfg["bands"] == list(BANDS) and cfg["filters"] == [f"sdss2010-{b}" for b in BANDS]
+    assert cfg["sed_model"]["filters"] == cfg["filters"] and cfg["sed_model"]["z_range"] == [0.0, 0.2]
     assert cfg["training_data"]["rows"] == 6000 and len(cfg["training_data"]["manifest_sha256"]) == 64
     assert cfg["noise_model"]["kind"] == "sedflow.NoiseModel" and cfg["prior"]["names"] == list(PARAM_NAMES)
     assert cfg["training"]["best_epoch"] == second["best_epoch"]
     t = pq.read_table(sorted(sims.glob("shard-*.parquet"))[0]).to_pandas().iloc[:4]
-    x = t[list(X_NAMES)].to_numpy()
+    x = t[list(x_names(BANDS))].to_numpy()
     theta = post.sample(x, 500, seed=3)
     assert theta.shape == (4, 500, 12)
     assert post.prior.in_support(theta.reshape(-1, 12)).all()
@@ -93,12 +96,15 @@ def test_tampered_and_incompatible_artifacts_are_refused(trained, tmp_path):
         load_model(copy)
     shutil.copy(out / "weights.safetensors", copy / "weights.safetensors")
     cfg = json.loads((copy / "config.json").read_text())
-    (copy / "config.json").write_text(json.dumps({**cfg, "format_version": 2}))
-    with pytest.raises(ArtifactError, match="format 2"):
+    (copy / "config.json").write_text(json.dumps({**cfg, "format_version": 3}))
+    with pytest.raises(ArtifactError, match="format 3"):
         load_model(copy)
     (copy / "config.json").write_text(json.dumps({**cfg, "architecture": {**cfg["architecture"],
                                                   "kwargs": {**cfg["architecture"]["kwargs"], "hidden_features": [32, 32]}}}))
     with pytest.raises(ArtifactError, match="do not fit"):
+        load_model(copy)
+    (copy / "config.json").write_text(json.dumps({**cfg, "bands": cfg["bands"][:4]}))
+    with pytest.raises(ArtifactError, match="inconsistent"):
         load_model(copy)
     (copy / "config.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="JSON"):

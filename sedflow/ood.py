@@ -1,0 +1,78 @@
+"""Out-of-distribution checks: where a galaxy's x lies outside the training set (Hahn & Melchior
+2022, Appendix A, generalised to any bands).
+
+`fit_thresholds` measures them on the training set's x features when a model is trained (they are
+stored in the artifact's ``ood``); `flags` applies them to catalog rows at inference:
+
+``flag_sigma_ood``      some band's mag error above the 99.9th percentile of the training set's at
+                        that magnitude (the paper's mu + 3 s of the noise model, measured on the
+                        simulated x, floors and flux noise included)
+``flag_color_ood``      a colour of adjacent bands outside the training set's 0.1-99.9 percentiles
+``flag_posterior_ood``  x outside the training support: Mahalanobis distance of the standardised
+                        features above the training set's 99.9th percentile
+
+Posterior samples always land inside the prior, so a flow extrapolating cannot be seen in them;
+these checks are what tells.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["fit_thresholds", "flags", "colour_names"]
+
+
+def colour_names(bands) -> tuple:
+    """Colours of adjacent bands, in band order: ``("u-g", "g-r", ...)``."""
+    return tuple(f"{a}-{b}" for a, b in zip(bands[:-1], bands[1:]))
+
+
+def fit_thresholds(features: np.ndarray, x_mean, x_std, bands, bin_width: float = 0.25,
+                   min_count: int = 100) -> dict:
+    """Thresholds from training x features (`sedflow.posterior.x_features`: log10 mag errors) of ``bands``."""
+    nb = len(bands)
+    mags, log_err = features[:, :nb], features[:, nb:2 * nb]
+    sigma = {}
+    for j, b in enumerate(bands):
+        edges = np.arange(np.floor(mags[:, j].min() / bin_width) * bin_width, mags[:, j].max() + bin_width, bin_width)
+        idx = np.digitize(mags[:, j], edges) - 1
+        centres, p999 = [], []
+        for k in range(edges.size - 1):
+            e = log_err[idx == k, j]
+            if e.size >= min_count:
+                centres.append(0.5 * (edges[k] + edges[k + 1]))
+                p999.append(float(np.percentile(e, 99.9)))
+        sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999}
+    f = (features - x_mean) / x_std
+    prec = np.linalg.inv(np.cov(f, rowvar=False))
+    d2 = np.einsum("ij,jk,ik->i", f, prec, f)
+    return {"sigma_mag_p99p9": sigma,
+            "colour_percentiles_0p1_99p9": {c: np.percentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist()
+                                            for i, c in enumerate(colour_names(bands))},
+            "z_range": [float(features[:, 2 * nb].min()), float(features[:, 2 * nb].max())],
+            "mahalanobis_precision": prec.tolist(),
+            "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
+
+
+def flags(x: np.ndarray, good: np.ndarray, post) -> dict:
+    """The three OOD flags (n,) of x rows (`sedflow.posterior.x_names` order) for a `PosteriorModel`;
+    rows not ``good`` (bad input) are never flagged."""
+    from sedflow.posterior import x_features
+
+    nb, ood, n = len(post.bands), post.config["ood"], len(x)
+    mag, mag_err = x[:, :nb], x[:, nb:2 * nb]
+    sigma_ood = np.zeros(n, bool)
+    for j, b in enumerate(post.bands):
+        t = ood["sigma_mag_p99p9"][b]
+        limit = 10.0 ** np.interp(mag[good, j], t["mag"], t["log10_mag_err_p99p9"])
+        sigma_ood[good] |= mag_err[good, j] > limit
+    colour_ood = np.zeros(n, bool)
+    for i, (lo, hi) in enumerate(ood["colour_percentiles_0p1_99p9"].values()):
+        c = mag[good, i] - mag[good, i + 1]
+        colour_ood[good] |= (c < lo) | (c > hi)
+    post_ood = np.zeros(n, bool)
+    if good.any():
+        f = (x_features(x[good]) - post.x_mean) / post.x_std
+        d2 = np.einsum("ij,jk,ik->i", f, np.asarray(ood["mahalanobis_precision"]), f)
+        post_ood[good] = d2 > ood["mahalanobis_d2_99p9"]
+    return {"flag_sigma_ood": sigma_ood, "flag_color_ood": colour_ood, "flag_posterior_ood": post_ood}
