@@ -127,8 +127,9 @@ def simulated(n: int, seed: int = 0) -> dict:
 
 
 def simulated_x(n: int, seed: int = 0) -> np.ndarray:
-    """x (n, 11) in `sedflow.posterior.X_NAMES` order for ``n`` simulated galaxies."""
-    from sedflow.posterior import X_NAMES
+    """x (n, 11) in the SDSS model's `sedflow.posterior.x_names` order for ``n`` simulated galaxies."""
+    from sedflow.posterior import x_names
+    from sedflow.sps.photometry import BANDS
 
     cols = simulated(n, seed)
-    return np.column_stack([cols[name] for name in X_NAMES])
+    return np.column_stack([cols[name] for name in x_names(BANDS)])

@@ -12,6 +12,8 @@
    for 1,000 draws per galaxy) on the same draws at 1 thread, against the photometry's rate,
    and the time of one ``SEDModel.photometry`` call on 30 rows at one redshift (the batch of
    `sedflow.mcmc`'s 30 walkers) at 1 thread, against the same 30 rows' share of the n-row call.
+   Also the rate per band-galaxy of a model of the six LSST bands over 0 < z <= 0.6 (on the
+   rest-frame grid those need) against the five SDSS bands at z <= 0.2, same draws, 1 thread.
 2. Resampling cost: |d mag| of the default model vs one built on the native, unresampled
    BC03+MILES grid (2000-12000 A), 200 prior draws at z = 0.02, 0.05, 0.1, 0.2.
 """
@@ -34,6 +36,7 @@ from sedflow.sps.photometry import nanomaggies_to_mag
 from sedflow.sps.ssp import read_bc03_miles
 
 PAPER_MS = {"FSPS": 340.0, "emulator": 2.9}
+LSST_FILTERS = tuple(f"lsst2023-{b}" for b in "ugrizy")
 MCMC_BATCH = 30  # walkers of sedflow.mcmc (the paper's): rows per log-probability call
 DEFAULT_PROVABGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "provabgs"
 
@@ -90,6 +93,11 @@ def throughput(n, provabgs_dir, threads=(1, 2), repeat=2, seed=0):
         print(f"PROVABGS emulator files not found in {provabgs_dir}: emulator timings skipped")
     for name, fn in runners.items():
         timings["rates"][name] = {str(k): rate(fn, theta, z, k, repeat) for k in threads}
+    # any survey: six LSST bands over 0 < z <= 0.6 on the grid they need, against SDSS's five
+    lsst = SEDModel(filters=LSST_FILTERS, z_max=0.6)
+    z_lsst = rng.uniform(0.01, 0.6, n)
+    timings["lsst"] = {"n_wave": int(lsst.wave.size), "n_wave_sdss": int(model.wave.size),
+                       "rate_1_thread": rate(lsst.photometry, theta, z_lsst, 1, repeat)}
     timings["properties_rows_per_s"] = {"1": rate(model.properties, theta, z, 1, repeat)}
     timings["mcmc_batch_ms"] = small_batch_ms(model.photometry, theta[:MCMC_BATCH], 0.1)
     return timings
@@ -124,6 +132,12 @@ def run(quick=False, provabgs_dir=DEFAULT_PROVABGS):
                     "peer_value": rates.get("emulator", {}).get(t),
                     "ratio": r / rates["emulator"][t] if "emulator" in rates else None}
                    for t, r in rates["sedflow"].items()]
+    lsst, sdss = res["lsst"]["rate_1_thread"], rates["sedflow"]["1"]
+    res["rows"].append({"measure": f"SEDModel.photometry per band-galaxy, 6 LSST bands, 0<z<=0.6 "
+                                   f"({res['lsst']['n_wave']} pixels), 1 thread",
+                        "value": 6 * lsst, "unit": "band-gal/s",
+                        "peer": f"5 SDSS bands, z<=0.2 ({res['lsst']['n_wave_sdss']} pixels)",
+                        "peer_value": 5 * sdss, "ratio": 6 * lsst / (5 * sdss)})
     prop, phot = res["properties_rows_per_s"]["1"], rates["sedflow"]["1"]
     res["rows"].append({"measure": "SEDModel.properties, 1 thread(s)", "value": prop, "unit": "rows/s",
                         "peer": "SEDModel.photometry", "peer_value": phot, "ratio": prop / phot})

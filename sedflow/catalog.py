@@ -5,7 +5,8 @@ band's filter (a speclite name or a response file), the id, position and redshif
 flux and flux-error columns with their units (nanomaggies, nJy, uJy, mJy, Jy or AB magnitudes
 with magnitude errors; errors as 1-sigma or inverse variance; a multi-band array column with
 ``index``, an array column of exactly the bands, or one column per band with ``columns``),
-Galactic extinction (magnitudes or transmissions, or already applied), the survey's
+Galactic extinction (per-band magnitudes or transmissions, an E(B-V) column turned into each
+band's extinction by `extinction_coefficients`, or already applied), the survey's
 magnitude-error floors, and quality cuts. The shipped descriptions live in the package (``sedflow/catalogs/``,
 `shipped_specs` lists them) and load by name (``nsa``, ``sdss_kcorrect``); any YAML path works too.
 
@@ -36,6 +37,7 @@ import pyarrow as pa
 
 __all__ = ["CatalogSpec", "read_catalog", "read_columns", "frame_columns", "standard_form", "shipped_specs",
            "catalog_spec_dir", "kcorrect_sample_path", "normalise_ids", "refuse_duplicate_ids", "to_nanomaggies",
+           "extinction_coefficients",
            "FLUX_UNITS", "MAG_ERR_PER_FRAC"]
 
 MAG_ERR_PER_FRAC = 2.5 / np.log(10)  # sigma_mag = 1.0857 sigma_flux / flux
@@ -45,6 +47,29 @@ MAG_ERR_PER_FRAC = 2.5 / np.log(10)  # sigma_mag = 1.0857 sigma_flux / flux
 FLUX_UNITS = {"nanomaggies": "nmgy", "nmgy": "nmgy", "maggies": "mgy", "nJy": "nJy", "uJy": "uJy",
               "mJy": "mJy", "Jy": "Jy", "mag": None, "ABmag": None}
 MAX_VALID_MAG = 50.0     # magnitudes at or above this (SDSS-style 99 sentinels) are no measurement
+
+
+def extinction_coefficients(filters, r_v: float = 3.1) -> np.ndarray:
+    """A_b / E(B-V) per filter: the Milky Way extinction curve of Gordon et al. (2023; ``G23`` of the
+    dust_extinction package) at R_V = ``r_v``, averaged over each band for a flat-f_nu source in the
+    small-extinction limit (photon-counting weights R(lam) / lam). SDSS ugriz: 4.89, 3.81, 2.71, 2.04,
+    1.54 (Schlegel et al. 1998, Table 6: 5.16, 3.79, 2.75, 2.09, 1.48)."""
+    import astropy.units as u
+    from dust_extinction.parameter_averages import G23
+
+    from sedflow.sps.photometry import load_filter
+
+    curve = G23(Rv=r_v)
+    out = []
+    for name in filters:
+        f = load_filter(name)
+        lam, resp = np.asarray(f.wavelength, dtype=float), np.asarray(f.response, dtype=float)
+        inside = (1e4 / lam >= curve.x_range[0]) & (1e4 / lam <= curve.x_range[1])
+        a = np.zeros_like(lam)                       # beyond the curve's 0.09-32 um: no extinction
+        a[inside] = r_v * curve(lam[inside] * u.AA)
+        weight = resp / lam
+        out.append(np.trapezoid(weight * a, lam) / np.trapezoid(weight, lam))
+    return np.array(out)
 
 
 def to_nanomaggies(values, units: str, errors=None, error_kind: str = "sigma"):
@@ -178,8 +203,12 @@ class CatalogSpec:
         blocks = [("flux", d["flux"]), ("flux_error", d["flux_error"])]
         if d.get("extinction"):
             blocks.append(("extinction", d["extinction"]))
-            if d["extinction"].get("kind", "mag") not in ("mag", "transmission"):
-                raise ValueError(f"{where}: extinction.kind must be 'mag' or 'transmission'")
+            kind_ext = d["extinction"].get("kind", "mag")
+            if kind_ext not in ("mag", "transmission", "ebv"):
+                raise ValueError(f"{where}: extinction.kind must be 'mag', 'transmission' or 'ebv'")
+            if kind_ext == "ebv":
+                blocks.pop()                                  # one E(B-V) column, not one per band
+                extinction_coefficients(d["filters"], d["extinction"].get("r_v", 3.1))
         for what, block in blocks:
             n = len(block["columns"]) if "columns" in block else len(block.get("index", [])) or None
             if n is not None and n != nb:
@@ -193,7 +222,8 @@ class CatalogSpec:
 
     def required_columns(self) -> list[str]:
         cols = [self.redshift] + [c for c in (self.id, self.ra, self.dec) if c]
-        for block in (self.flux, self.flux_error, self.extinction or {}):
+        ext = self.extinction if self.extinction and not self.extinction.get("applied", False) else {}
+        for block in (self.flux, self.flux_error, ext):
             cols += block.get("columns", [block["column"]] if "column" in block else [])
         return cols
 
@@ -301,8 +331,13 @@ def standard_form(cols: dict, spec: CatalogSpec, apply_floors: bool = True) -> t
                                  spec.flux_error.get("kind", "ivar"))
     with np.errstate(divide="ignore", invalid="ignore"):
         if spec.extinction and not spec.extinction.get("applied", False):
-            a = _bands_block(cols, spec.extinction, nb, "extinction")
-            if spec.extinction.get("kind", "mag") == "transmission":     # e.g. Legacy Surveys MW_TRANSMISSION
+            ext = spec.extinction
+            if ext.get("kind", "mag") == "ebv":        # A_b = R_b E(B-V), R_b from the filters (G23)
+                ebv = np.asarray(cols[ext["column"]], dtype=float) * float(ext.get("ebv_scale", 1.0))
+                a = ebv[:, None] * extinction_coefficients(spec.filters, ext.get("r_v", 3.1))[None, :]
+            else:
+                a = _bands_block(cols, ext, nb, "extinction")
+            if ext.get("kind", "mag") == "transmission":     # e.g. Legacy Surveys MW_TRANSMISSION
                 factor = 1.0 / np.where(np.isfinite(a) & (a > 0), a, np.nan)
             else:
                 factor = 10.0 ** (0.4 * np.where(np.isfinite(a), a, np.nan))

@@ -81,12 +81,12 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def local_sims(tmp_path_factory, sed_model, ray_local):
+def local_sims(tmp_path_factory, ray_local):
     """The reference: the same simulations run in-process on the test session's local Ray."""
     out = {}
     for name, cfg in (("short", SIM), ("long", SIM_LONG)):
         out[name] = tmp_path_factory.mktemp(f"sims_{name}")
-        run_simulation(out[name], cfg, model=sed_model, progress=False)
+        run_simulation(out[name], cfg, progress=False)
     return out
 
 

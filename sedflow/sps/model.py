@@ -46,6 +46,7 @@ def grid_wave_range(filters, z_min: float, z_max: float) -> tuple[float, float]:
     """Rest-frame range [A] of the SSP grid for ``filters`` over z_min..z_max: the default
     2000-12000 A, widened (to whole 100 A) where the filters need more (e.g. GALEX FUV, WISE)."""
     lo, hi = rest_frame_range(filters, z_min, z_max)
+    lo, hi = lo / 1.01, hi * 1.01                  # a margin of a few R = 300 pixels at each end
     return (float(min(DEFAULT_WAVE_RANGE[0], np.floor(lo / 100.0) * 100.0)),
             float(max(DEFAULT_WAVE_RANGE[1], np.ceil(hi / 100.0) * 100.0)))
 
