@@ -5,7 +5,7 @@ summaries -> derived properties); `run_inference` fans it over the partitions of
 catalog with Dask (``dask.dataframe.read_parquet`` + ``map_partitions``; a local cluster
 when no scheduler address is given), writing one Parquet file per input partition
 atomically, skipping partitions already finished. The output has the input's layout:
-``part-NNNNN.parquet`` for row partitions; for a HATS input a HATS catalog (`sedflow.hats_output`):
+``part-NNNNN.parquet`` for row partitions; for a HATS input a HATS catalog (`sedflow.hats_io`):
 each partition at its input pixel's path ``dataset/Norder=k/Dir=d/Npix=n.parquet`` with
 ``_healpix_29``, ``ra``, ``dec`` first, and the HATS metadata (``_metadata``, ``_common_metadata``,
 ``partition_info.csv``, ``hats.properties``) written by ``hats`` at the end, so that
@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sedflow import hats_output, ood
+from sedflow import hats_io, ood
 from sedflow.posterior import PosteriorModel, load_model, observables
 from sedflow.posterior import model_path as model_path_of
 from sedflow.prior import PARAM_NAMES
@@ -241,7 +241,7 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
                      partition_info=None) -> pd.DataFrame:
     """map_partitions body: infer one input partition, write it atomically, return its counts.
 
-    ``layout`` is None for row partitions (output ``part-{number}``), else `hats_output.input_layout`
+    ``layout`` is None for row partitions (output ``part-{number}``), else `hats_io.input_layout`
     of the HATS input (output at the partition's own pixel, found from its spatial index).
     """
     number = partition_info["number"] if partition_info else 0
@@ -251,9 +251,9 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
     elif len(frame) == 0:           # no pixel, nothing to write (hats-import writes no empty pixels)
         return pd.DataFrame([counts | {f: 0 for f in FLAGS} | {f"method_{m}": 0 for m in ("anpe", "mcmc", "none")}])
     else:
-        order, pixel = hats_output.partition_pixel(frame[layout["healpix"]].to_numpy(), layout["pixels"],
+        order, pixel = hats_io.partition_pixel(frame[layout["healpix"]].to_numpy(), layout["pixels"],
                                                    layout["healpix_order"])
-        path, seed = hats_output.pixel_path(cfg["out"], order, pixel), [cfg["seed"], order, pixel]
+        path, seed = hats_io.pixel_path(cfg["out"], order, pixel), [cfg["seed"], order, pixel]
         counts.update(Norder=order, Npix=pixel)
     if not _complete(path, len(frame)):
         t0 = time.perf_counter()
@@ -264,7 +264,7 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
                             property_samples=cfg["property_samples"], fallback=cfg["fallback"],
                             mcmc_options=cfg["mcmc_options"])
         if layout is not None:
-            table = hats_output.with_position_columns(table, frame, layout)
+            table = hats_io.with_position_columns(table, frame, layout)
             path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet(table, path)
         counts.update(seconds=time.perf_counter() - t0, skipped=False)
@@ -328,7 +328,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
             stale.unlink()
 
     if (Path(catalog_dir) / "hats.properties").is_file():     # HATS in, HATS out
-        layout = hats_output.input_layout(catalog_dir)
+        layout = hats_io.input_layout(catalog_dir)
         ddf = read_ingested(catalog_dir, split_row_groups=False)  # one Dask partition per pixel file
     else:
         layout, ddf = None, read_ingested(catalog_dir)
@@ -370,7 +370,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
         pixels = list(zip(written["Norder"].tolist(), written["Npix"].tolist()))
         if len(set(pixels)) != len(pixels):
             raise RuntimeError("two input partitions wrote the same HATS pixel")
-        hats_output.write_hats_metadata(out, pixels, layout, rows=int(table["rows"].sum()),
+        hats_io.write_hats_metadata(out, pixels, layout, rows=int(table["rows"].sum()),
                                         max_rows=int(written["rows"].max()) if len(written) else 0,
                                         obs_title="sedflow posterior catalog")
     done = table[~table["skipped"]]

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -68,8 +67,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sedflow import hats_io
 from sedflow.catalog import CatalogSpec, normalise_ids, read_catalog, refuse_duplicate_ids
-from sedflow.storage import file_sha256, write_parquet
+from sedflow.storage import file_sha256, write_row_partitions
 
 __all__ = [
     "ingest_catalog",
@@ -82,7 +82,6 @@ __all__ = [
 DEFAULT_PARTITION_ROWS = 100_000
 MANIFEST = "_ingest.json"
 _FORMAT = 1
-_HATS_INPUT_CHUNK_ROWS = 250_000  # rows per intermediate file handed to hats-import (one mapping task each)
 _MAX_HEALPIX_ORDER = 29
 
 
@@ -135,75 +134,8 @@ def _to_table(frame: pd.DataFrame, schema: pa.Schema, ids: np.ndarray) -> pa.Tab
 # writers
 # ----------------------------------------------------------------------------------------------
 
-def _write_row_partitions(table: pa.Table, dest: Path, partition_rows: int) -> list[str]:
-    dest.mkdir(parents=True, exist_ok=True)
-    names = []
-    n = table.num_rows
-    for k, start in enumerate(range(0, max(n, 1), partition_rows)):
-        name = f"part-{k:05d}.parquet"
-        write_parquet(table.slice(start, partition_rows), dest / name, compression="zstd")
-        names.append(name)
-    return names
-
-
-def _artifact_name(out_dir: Path) -> str:
-    """hats-import's catalog name (letters, digits, ``._-`` only); used as the HATS catalog_name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", out_dir.name) or "catalog"
-
-
-def _write_hats(table: pa.Table, work: Path, out_name: str, healpix_order: int, client, workers: int,
-                spec_name: str) -> Path:
-    """Run hats-import's catalog pipeline on ``table``; returns the catalog directory in ``work``."""
-    from hats_import.catalog.arguments import ImportArguments
-    from hats_import.catalog.file_readers import ParquetPyarrowReader
-    from hats_import.pipeline import pipeline_with_client
-
-    inputs = work / "input"
-    inputs.mkdir()
-    files = [inputs / n for n in _write_row_partitions(table, inputs, _HATS_INPUT_CHUNK_ROWS)]
-    schema_file = inputs / "_schema.parquet"  # carries the explicit schema (and its metadata) through
-    pq.write_table(table.schema.empty_table(), schema_file)
-    args = ImportArguments(
-        output_path=str(work / "stage"),
-        output_artifact_name=out_name,
-        input_file_list=[str(f) for f in files],
-        file_reader=ParquetPyarrowReader(),
-        catalog_type="object",
-        ra_column="ra",
-        dec_column="dec",
-        sort_columns="id",
-        constant_healpix_order=healpix_order,  # every pixel at this order; thresholds unused
-        use_schema_file=str(schema_file),
-        expected_total_rows=table.num_rows,
-        tmp_dir=str(work / "hats_tmp"),
-        dask_tmp=str(work / "dask"),
-        resume=False,
-        progress_bar=False,
-        addl_hats_properties={"obs_title": f"sedflow standard input ({spec_name})"},
-    )
-    if client is not None:
-        pipeline_with_client(args, client)
-    else:
-        import logging
-
-        import dask
-        from dask.distributed import Client
-
-        # threads, not processes: starts in ~0.1 s, and hats-import's tasks pass files, not data.
-        # temporary-directory: else dask leaves dask-scratch-space/ lock files in the system temp dir
-        with dask.config.set({"temporary-directory": str(work / "dask")}), \
-                Client(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None,
-                       local_directory=str(work / "dask"), silence_logs=logging.ERROR) as own:
-            pipeline_with_client(args, own)
-    return work / "stage" / out_name
-
-
 def _count_rows(files) -> int:
     return sum(pq.read_metadata(f).num_rows for f in files)
-
-
-def _hats_files(cat_dir: Path) -> list[Path]:
-    return sorted((cat_dir / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,12 +216,13 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
     try:
         if healpix_order is None:
             staged = work / "out"
-            files = _write_row_partitions(table, staged, partition_rows)
+            files = write_row_partitions(table, staged, partition_rows)
             rows_out = _count_rows(staged / f for f in files)
             layout, partitions = "partition_rows", len(files)
         else:
-            staged = _write_hats(table, work, _artifact_name(out_dir), healpix_order, client, workers, spec.name)
-            hats_files = _hats_files(staged)
+            staged = hats_io.import_catalog(table, work, hats_io.artifact_name(out_dir), healpix_order, client, workers,
+                                            spec.name)
+            hats_files = hats_io.pixel_files(staged)
             rows_out = _count_rows(hats_files)
             orders = {int(p.parts[-3].split("=")[1]) for p in hats_files}
             if orders - {healpix_order}:

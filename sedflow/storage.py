@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["local_path", "cli_path", "atomic_write", "write_parquet", "write_json", "file_sha256", "temp_name"]
+__all__ = ["local_path", "cli_path", "atomic_write", "write_parquet", "write_row_partitions", "write_json",
+           "file_sha256", "temp_name"]
 
 
 def temp_name(path: Path) -> Path:
@@ -45,6 +46,18 @@ def write_parquet(table, path, **kwargs) -> Path:
     import pyarrow.parquet as pq
 
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, **kwargs))
+
+
+def write_row_partitions(table, dest, partition_rows: int) -> list[str]:
+    """``table`` as ``part-NNNNN.parquet`` files of ``partition_rows`` rows in row order under ``dest``
+    (zstd, each published by `write_parquet`; an empty table gives one empty part); their names."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    for k, start in enumerate(range(0, max(table.num_rows, 1), partition_rows)):
+        names.append(f"part-{k:05d}.parquet")
+        write_parquet(table.slice(start, partition_rows), dest / names[-1], compression="zstd")
+    return names
 
 
 def write_json(path, obj) -> Path:

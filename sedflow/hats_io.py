@@ -1,6 +1,7 @@
-"""The posterior catalog of a HATS input, written as a HATS catalog (LINCC hats layout).
+"""HATS catalogs in and out, with the LINCC libraries (hats, hats-import): the one home of HATS code.
 
-Each output partition goes to the pixel path of its input partition
+Input: `import_catalog` runs hats-import's catalog pipeline on an ingested table (`sedflow.ingest`
+with ``healpix_order``). Output: the posterior catalog of a HATS input is a HATS catalog. Each output partition goes to the pixel path of its input partition
 (``dataset/Norder=k/Dir=d/Npix=n.parquet``, `hats.io.pixel_catalog_file`). The pixel is found
 from the partition's own ``_healpix_29`` values (`partition_pixel`), not from Dask's partition
 number, so it does not depend on the order in which Dask lists the input files. The output rows
@@ -13,14 +14,81 @@ in the input's row order (sorted by ``_healpix_29``). When every partition is wr
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-__all__ = ["input_layout", "partition_pixel", "pixel_path", "with_position_columns", "write_hats_metadata"]
+__all__ = ["import_catalog", "artifact_name", "pixel_files", "input_layout", "partition_pixel", "pixel_path",
+           "with_position_columns", "write_hats_metadata"]
+
+HATS_INPUT_CHUNK_ROWS = 250_000  # rows per intermediate file handed to hats-import (one mapping task each)
+
+
+def artifact_name(out_dir: Path) -> str:
+    """hats-import's catalog name (letters, digits, ``._-`` only); used as the HATS catalog_name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", out_dir.name) or "catalog"
+
+
+def import_catalog(table: pa.Table, work: Path, out_name: str, healpix_order: int, client, workers: int,
+                   spec_name: str) -> Path:
+    """Run hats-import's catalog pipeline on ``table`` at a constant HEALPix order (every pixel at
+    ``healpix_order``; row thresholds unused); returns the catalog directory in ``work``."""
+    from sedflow.storage import write_row_partitions
+
+    from hats_import.catalog.arguments import ImportArguments
+    from hats_import.catalog.file_readers import ParquetPyarrowReader
+    from hats_import.pipeline import pipeline_with_client
+
+    inputs = work / "input"
+    inputs.mkdir()
+    files = [inputs / n for n in write_row_partitions(table, inputs, HATS_INPUT_CHUNK_ROWS)]
+    schema_file = inputs / "_schema.parquet"  # carries the explicit schema (and its metadata) through
+    pq.write_table(table.schema.empty_table(), schema_file)
+    args = ImportArguments(
+        output_path=str(work / "stage"),
+        output_artifact_name=out_name,
+        input_file_list=[str(f) for f in files],
+        file_reader=ParquetPyarrowReader(),
+        catalog_type="object",
+        ra_column="ra",
+        dec_column="dec",
+        sort_columns="id",
+        constant_healpix_order=healpix_order,  # every pixel at this order; thresholds unused
+        use_schema_file=str(schema_file),
+        expected_total_rows=table.num_rows,
+        tmp_dir=str(work / "hats_tmp"),
+        dask_tmp=str(work / "dask"),
+        resume=False,
+        progress_bar=False,
+        addl_hats_properties={"obs_title": f"sedflow standard input ({spec_name})"},
+    )
+    if client is not None:
+        pipeline_with_client(args, client)
+    else:
+        import logging
+
+        import dask
+        from dask.distributed import Client
+
+        # threads, not processes: starts in ~0.1 s, and hats-import's tasks pass files, not data.
+        # temporary-directory: else dask leaves dask-scratch-space/ lock files in the system temp dir
+        with dask.config.set({"temporary-directory": str(work / "dask")}), \
+                Client(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None,
+                       local_directory=str(work / "dask"), silence_logs=logging.ERROR) as own:
+            pipeline_with_client(args, own)
+    return work / "stage" / out_name
+
+
+def pixel_files(cat_dir: Path) -> list[Path]:
+    """The pixel files of a HATS catalog directory, sorted."""
+    return sorted((cat_dir / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+
+
 
 
 def input_layout(catalog_dir) -> dict:
