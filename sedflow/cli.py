@@ -136,7 +136,9 @@ def _simulate(args) -> int:
     z_min, z_max = args.z_range
     config = SimulationConfig(n=args.n, shards=args.shards, seed=args.seed, z_min=z_min, z_max=z_max,
                               reported_errors=args.reported_errors,
-                              filters=tuple(args.filters) if args.filters else None)
+                              filters=tuple(args.filters) if args.filters else None,
+                              noise_envelope=tuple(args.noise_envelope) if args.noise_envelope else None,
+                              min_detected=args.min_detected)
     noise = NoiseModel.load(args.noise_model) if args.noise_model else None
     s = run_simulation(args.out, config, noise=noise, address=args.address, workers=args.workers,
                        progress=not args.quiet)
@@ -152,7 +154,7 @@ def _train(args) -> int:
 
     s = train(args.data_dir, args.out, arch=args.arch, workers=args.workers, batch_size=args.batch_size,
               max_epochs=args.max_epochs, lr=args.lr, patience=args.patience, seed=args.seed, address=args.address,
-              lr_patience=args.lr_patience)
+              lr_patience=args.lr_patience, inputs=args.inputs, missing_fraction=args.missing_fraction)
     print(f"trained {args.arch} ({s['parameters']:,} parameters) for {s['epochs']} epochs "
           f"(best {s['best_epoch']}, validation loss {s['best_val_loss']:.4f}) in {s['seconds']:.0f} s; "
           f"artifact in {s['artifact']}")
@@ -160,14 +162,14 @@ def _train(args) -> int:
 
 
 def _infer(args) -> int:
-    from sedflow.infer import FLAGS, run_inference
+    from sedflow.infer import COUNTED, run_inference
 
     mcmc = {"n_walkers": args.mcmc_walkers, "n_steps": args.mcmc_steps, "burn_in": args.mcmc_burn_in}
     s = run_inference(args.catalog_dir, args.out, model_path=args.model, n_samples=args.samples,
                       keep_samples=args.keep_samples, address=args.address, seed=args.seed,
                       property_samples=args.property_samples, fallback=args.fallback,
                       mcmc_options=mcmc if args.fallback else None, workers=args.workers, progress=not args.quiet)
-    flagged = ", ".join(f"{f[5:]} {100 * s['flagged_fraction'][f]:.1f}%" for f in FLAGS)
+    flagged = ", ".join(f"{f[5:]} {100 * s['flagged_fraction'][f]:.1f}%" for f in COUNTED)
     print(f"{s['galaxies']:,} galaxies in {s['partitions']} partitions ({s['partitions_skipped']} already done) "
           f"-> {s['out']}; {s['seconds']:.1f} s, {s['galaxies_per_s']:,.1f} galaxies/s; flagged: {flagged}; "
           f"methods: anpe {s['method_anpe']:,}, mcmc {s['method_mcmc']:,}, none {s['method_none']:,}")
@@ -356,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-patience", type=int, default=5,
                    help="halve the lr after this many epochs without a better validation loss (0: constant lr)")
     t.add_argument("--seed", type=int, default=0, help="train/validation split and initialisation seed")
+    t.add_argument("--inputs", choices=["mag", "asinh"], default="mag",
+                   help="x layout: log magnitudes (SEDflow's) or asinh magnitudes with missing-band flags, "
+                        "for non-detections and missing bands (default mag)")
+    t.add_argument("--missing-fraction", type=float,
+                   help="share of training rows that lose 1-2 random bands (asinh only; default 0.2)")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")
     t.set_defaults(func=_train)
 
@@ -414,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "grid follows the filters over this range")
     s.add_argument("--filters", nargs="+", metavar="FILTER",
                    help="filters, one per band of the noise model (default: the ones it records)")
+    s.add_argument("--noise-envelope", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="multiply each band's sigma_mag by a per-galaxy factor ~ log-U(LO, HI), e.g. 0.5 5")
+    s.add_argument("--min-detected", type=int, metavar="K",
+                   help="keep simulations with >= K bands inside the catalog's flux range (others may be "
+                        "non-detections, with sky-limited errors; train with --inputs asinh); default: all bands")
     s.add_argument("--reported-errors", choices=["observed", "true"], default="observed",
                    help="report each galaxy's flux error from its observed flux, as catalogs do (default), or "
                         "from its noiseless flux (the first simulations' convention; leaks the noise draw)")

@@ -19,7 +19,7 @@ def best_fit(sed, theta, flux, flux_err, z):
     """chi^2 of the best posterior draw per galaxy: theta (n, k, 12) -> (chi2 (n,), best theta (n, 12))."""
     n, k, d = theta.shape
     model = sed.photometry(theta.reshape(-1, d), np.repeat(z, k)).reshape(n, k, -1)
-    chi2 = np.sum(((model - flux[:, None]) / flux_err[:, None]) ** 2, axis=2)
+    chi2 = np.nansum(((model - flux[:, None]) / flux_err[:, None]) ** 2, axis=2)     # missing bands: NaN, skipped
     best = np.argmin(chi2, axis=1)
     return chi2[np.arange(n), best], theta[np.arange(n), best]
 
@@ -33,7 +33,7 @@ def plot_sed_fits(ax, sed, z: float, flux, flux_err, fits) -> None:
     for theta, colour, label in fits:
         wave, lum = sed.spectrum(np.asarray(theta)[None], z)
         model = sed.photometry(np.asarray(theta)[None], z)[0]
-        chi2 = np.sum(((model - flux) / flux_err) ** 2)
+        chi2 = np.nansum(((model - flux) / flux_err) ** 2)
         ax.loglog(wave * (1 + z), wave * lum[0] * LSUN_ERG_S / (4 * np.pi * dl ** 2), color=colour, lw=0.8,
                   label=f"{label}, chi^2 {chi2:.1f}")
         ax.plot(lam_eff, model * per_nanomaggy, "s", mfc="none", color=colour, ms=5)

@@ -92,8 +92,12 @@ def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tup
     cols = {"flux": f, "flux_err": _rows(flux_err, "flux_err", nb, n), "z": _rows(z, "z", None, n)}
     needs_extinction = bool(spec.extinction) and not spec.extinction.get("applied", False)
     if needs_extinction and extinction is None:
-        raise ValueError(f"the description {spec.name!r} says its fluxes are not corrected for Galactic "
-                         f"extinction: pass extinction=A (mag per band, shape ({nb},) or (n_rows, {nb}))")
+        import warnings
+
+        warnings.warn(f"the description {spec.name!r} says its fluxes are not corrected for Galactic extinction, "
+                      f"and no extinction= was given: the fluxes are used as they are (pass extinction=A, mag "
+                      f"per band, shape ({nb},) or (n_rows, {nb}), to deredden them)", UserWarning, stacklevel=3)
+        extinction = np.zeros(nb)
     if extinction is not None and not needs_extinction:
         raise ValueError(f"the description {spec.name!r} has no extinction to apply (its fluxes are already "
                          f"corrected, or it names none): drop extinction=")
@@ -126,8 +130,9 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
         z: spectroscopic redshift, one number or one per row (array input).
         spec: the catalog description: a shipped name (``"sdss_kcorrect"``, ``"nsa"``) or a YAML
             path. It says whether the fluxes are dereddened and which error floors to add.
-        extinction: Galactic extinction [mag] per band, needed with array input when the
-            description's fluxes are not extinction-corrected (e.g. ``sdss_kcorrect``).
+        extinction: Galactic extinction [mag] per band, for array input when the description's
+            fluxes are not extinction-corrected (e.g. ``sdss_kcorrect``); without it they are used
+            as given, with a warning.
         ids: one id per row (array input; default the row number).
         n_samples: posterior draws per galaxy (default 10,000, as ``sedflow infer``).
         keep_samples: draws per galaxy returned in ``samples`` (default all ``n_samples``;

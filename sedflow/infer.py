@@ -11,12 +11,14 @@ each partition at its input pixel's path ``dataset/Norder=k/Dir=d/Npix=n.parquet
 ``partition_info.csv``, ``hats.properties``) written by ``hats`` at the end, so that
 ``lsdb.read_hats(out)`` opens it.
 
-Flags: ``flag_bad_input`` (non-finite or non-positive flux or error, ivar <= 0, z non-finite or
-outside the training range: not sampled, summaries null, row kept), ``flag_quality`` (failed a
-quality cut of the catalog description, carried from ingest), and the out-of-distribution flags
-``flag_sigma_ood``, ``flag_color_ood``, ``flag_posterior_ood`` of `sedflow.ood` (thresholds
-stored in the model). The catalog must have the model's bands and filters (`check_filters`).
-Derived properties and the MCMC fallback use the SED model the artifact was trained with.
+Flags: ``flag_bad_input`` (not sampled, summaries null, row kept: z non-finite or outside the
+training range; for log-magnitude models any non-finite or non-positive flux or error, ivar <= 0;
+for asinh-input models fewer than 3 measured bands), ``flag_quality`` (failed a quality cut of the
+catalog description, carried from ingest), ``flag_missing_bands`` (bitmask of bands without a
+measurement), and the out-of-distribution flags ``flag_sigma_ood``, ``flag_color_ood``,
+``flag_posterior_ood`` of `sedflow.ood` (thresholds stored in the model). The catalog must have
+the model's bands and filters (`check_filters`). Derived properties and the MCMC fallback use the
+SED model the artifact was trained with.
 
 ``method`` is ``anpe``, ``mcmc`` (with ``--fallback mcmc``, for OOD-flagged, valid rows) or
 ``none`` (bad input).
@@ -35,16 +37,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sedflow import hats_io, ood
-from sedflow.posterior import PosteriorModel, load_model, observables
+from sedflow.posterior import MIN_VALID_BANDS, PosteriorModel, load_model
 from sedflow.posterior import model_path as model_path_of
 from sedflow.prior import PARAM_NAMES
 from sedflow.sps.model import PROPERTY_NAMES
-from sedflow.storage import write_parquet
+from sedflow.storage import claim_output, write_parquet
 
 __all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "output_schema", "check_filters", "galaxy_checks", "infer_frame",
            "load_models", "partition_seed", "run_inference"]
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
+MISSING_BANDS = "flag_missing_bands"     # int32 bitmask: bit j set when the model's band j has no measurement
+COUNTED = FLAGS + (MISSING_BANDS,)       # summaries count the rows where each is set
 SUMMARY_NAMES = tuple(PARAM_NAMES) + tuple(PROPERTY_NAMES)
 QUANTILES = {"p2p5": 2.5, "p16": 16.0, "p50": 50.0, "p84": 84.0, "p97p5": 97.5}
 STATS = ("mean", "std") + tuple(QUANTILES)
@@ -55,6 +59,7 @@ def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc
     fields = [pa.field("id", id_type)]
     fields += [pa.field(f"{n}_{s}", pa.float64()) for n in SUMMARY_NAMES for s in STATS]
     fields += [pa.field(f, pa.bool_()) for f in FLAGS]
+    fields += [pa.field(MISSING_BANDS, pa.int32())]
     fields += [pa.field("method", pa.string())]
     if mcmc:
         fields += [pa.field("mcmc_converged", pa.bool_())]
@@ -73,23 +78,28 @@ def check_filters(post: PosteriorModel, bands, filters=None, what="the catalog")
 
 
 def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray, dict]:
-    """x (n, 2 n_bands + 1) in the model's x order and the flags of a standard-form frame (module docstring)."""
-    missing = [c for b in post.bands for c in (f"flux_{b}", f"flux_err_{b}") if c not in frame]
-    if missing:
-        raise ValueError(f"the catalog lacks the model's columns {missing} (bands {list(post.bands)})")
+    """x in the model's input layout (`PosteriorModel.inputs`) and the flags of a standard-form frame."""
+    absent = [c for b in post.bands for c in (f"flux_{b}", f"flux_err_{b}") if c not in frame]
+    if absent:
+        raise ValueError(f"the catalog lacks the model's columns {absent} (bands {list(post.bands)})")
     flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy(dtype=float)
     err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy(dtype=float)
     z = frame["z"].to_numpy(dtype=float)
-    x = observables(flux, err, z)
+    x = post.inputs.observables(flux, err, z)
+    missing = post.inputs.missing(flux, err)
     zlo, zhi = post.config["ood"]["z_range"]
     with np.errstate(invalid="ignore"):
-        bad = (~np.all(np.isfinite(x), axis=1) | np.any(flux <= 0, axis=1) | np.any(err <= 0, axis=1)
-               | (z < zlo) | (z > zhi))
-    if "flag_bad_input" in frame:
-        bad |= frame["flag_bad_input"].to_numpy(dtype=bool)
+        bad = ~np.isfinite(z) | (z < zlo) | (z > zhi)
+        if post.inputs.kind == "mag":       # log magnitudes: every band measured and positive
+            bad |= ~np.all(np.isfinite(x), axis=1) | np.any(flux <= 0, axis=1) | np.any(err <= 0, axis=1)
+            if "flag_bad_input" in frame:
+                bad |= frame["flag_bad_input"].to_numpy(dtype=bool)
+        else:                               # asinh: f <= 0 is a measurement; enough bands must remain
+            bad |= (len(post.bands) - missing.sum(axis=1)) < MIN_VALID_BANDS
     flags = {"flag_bad_input": bad,
              "flag_quality": frame["flag_quality"].to_numpy(dtype=bool) if "flag_quality" in frame
-             else np.zeros(len(frame), bool)}
+             else np.zeros(len(frame), bool),
+             MISSING_BANDS: (missing * (1 << np.arange(len(post.bands)))).sum(axis=1).astype(np.int32)}
     flags.update(ood.flags(x, ~bad, post))
     return x, flags
 
@@ -122,10 +132,11 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     if frame["id"].duplicated().any():
         raise ValueError("duplicated ids in the input partition: ids must be unique")
     x, flags = galaxy_checks(frame, post)
+    z = frame["z"].to_numpy(dtype=float)
     good = ~flags["flag_bad_input"]
     method = np.where(good, "anpe", "none").astype(object)
-    ood = flags["flag_sigma_ood"] | flags["flag_color_ood"] | flags["flag_posterior_ood"]
-    use_mcmc = good & ood if fallback == "mcmc" else np.zeros(n, bool)
+    out_of_dist = flags["flag_sigma_ood"] | flags["flag_color_ood"] | flags["flag_posterior_ood"]
+    use_mcmc = good & out_of_dist if fallback == "mcmc" else np.zeros(n, bool)
     method[use_mcmc] = "mcmc"
     anpe_seq, mcmc_seed, prop_seed = np.random.SeedSequence(seed).spawn(3)
     anpe_seed = int(anpe_seq.generate_state(1)[0])
@@ -156,18 +167,18 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     for k, start in enumerate(range(0, rows.size, per_chunk)):
         r = rows[start:start + per_chunk]
         theta = post.sample(x[r], n_samples, seed=[anpe_seed, k])
-        record(r, theta, x[r, -1])
+        record(r, theta, z[r])
     if use_mcmc.any():
         from sedflow.mcmc import run_mcmc
 
         flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy(dtype=float)
         err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy(dtype=float)
         for i, child in zip(np.flatnonzero(use_mcmc), mcmc_seed.spawn(int(use_mcmc.sum()))):
-            res = run_mcmc(flux[i], err[i], x[i, -1], model=sed, prior=post.prior,
+            res = run_mcmc(flux[i], err[i], z[i], model=sed, prior=post.prior,
                            seed=int(child.generate_state(1)[0]), **(mcmc_options or {}))
             s = res.samples
             k = np.random.default_rng(child).choice(len(s), size=min(n_samples, len(s)), replace=False)
-            record(np.array([i]), s[k][None], x[i:i + 1, -1])
+            record(np.array([i]), s[k][None], z[i:i + 1])
             converged[i] = bool(res.converged)
 
     cols.update(summ)
@@ -249,7 +260,7 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
     if layout is None:
         path, seed = _part_path(Path(cfg["out"]), number), partition_seed(cfg["seed"], number)
     elif len(frame) == 0:           # no pixel, nothing to write (hats-import writes no empty pixels)
-        return pd.DataFrame([counts | {f: 0 for f in FLAGS} | {f"method_{m}": 0 for m in ("anpe", "mcmc", "none")}])
+        return pd.DataFrame([counts | {f: 0 for f in COUNTED} | {f"method_{m}": 0 for m in ("anpe", "mcmc", "none")}])
     else:
         order, pixel = hats_io.partition_pixel(frame[layout["healpix"]].to_numpy(), layout["pixels"],
                                                    layout["healpix_order"])
@@ -268,9 +279,9 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
             path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet(table, path)
         counts.update(seconds=time.perf_counter() - t0, skipped=False)
-    t = pq.read_table(path, columns=list(FLAGS) + ["method"])
-    for f in FLAGS:
-        counts[f] = int(np.sum(t.column(f).to_numpy()))
+    t = pq.read_table(path, columns=list(COUNTED) + ["method"])
+    for f in COUNTED:
+        counts[f] = int(np.sum(t.column(f).to_numpy() != 0))
     for m in ("anpe", "mcmc", "none"):
         counts[f"method_{m}"] = int(np.sum(t.column("method").to_numpy(zero_copy_only=False) == m))
     return pd.DataFrame([counts])
@@ -316,13 +327,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
            "n_samples": n_samples, "keep_samples": keep_samples, "seed": seed,
            "property_samples": property_samples, "fallback": fallback, "mcmc_options": mcmc_options or {},
            "out": str(out)}
-    mpath = out / MANIFEST
-    if mpath.exists():
-        old = json.loads(mpath.read_text())
-        if {k: v for k, v in old.items() if k != "out"} != {k: v for k, v in cfg.items() if k != "out"}:
-            raise ValueError(f"{out} holds inference with other settings ({mpath}); use a new --out")
-    else:
-        mpath.write_text(json.dumps(cfg, indent=1))
+    claim_output(out / MANIFEST, cfg, "inference", ignore=("out",))
     for pattern in (".part-*.tmp*", "dataset/Norder=*/Dir=*/.Npix=*.tmp*"):
         for stale in out.glob(pattern):
             stale.unlink()
@@ -335,7 +340,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
     meta = pd.DataFrame({"partition": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64"),
                          "seconds": pd.Series(dtype="float64"), "skipped": pd.Series(dtype="bool"),
                          "Norder": pd.Series(dtype="int64"), "Npix": pd.Series(dtype="int64"),
-                         **{f: pd.Series(dtype="int64") for f in FLAGS},
+                         **{f: pd.Series(dtype="int64") for f in COUNTED},
                          **{f"method_{m}": pd.Series(dtype="int64") for m in ("anpe", "mcmc", "none")}})
     counts = ddf.map_partitions(_infer_partition, cfg, layout, meta=meta)
     t0 = time.perf_counter()
@@ -377,9 +382,9 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
     rows = int(table["rows"].sum())
     summary = {"galaxies": rows, "partitions": int(len(table)), "partitions_skipped": int(table["skipped"].sum()),
                "seconds": elapsed, "galaxies_per_s": float(done["rows"].sum() / elapsed) if elapsed else 0.0,
-               **{f: int(table[f].sum()) for f in FLAGS},
+               **{f: int(table[f].sum()) for f in COUNTED},
                **{f"method_{m}": int(table[f"method_{m}"].sum()) for m in ("anpe", "mcmc", "none")},
-               "flagged_fraction": {f: float(table[f].sum() / rows) if rows else 0.0 for f in FLAGS},
+               "flagged_fraction": {f: float(table[f].sum() / rows) if rows else 0.0 for f in COUNTED},
                "out": str(out)}
     (out / "_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -61,7 +61,6 @@ def _figures(table, out: Path) -> None:
 
     from sedflow.figures import best_fit, plot_sed_fits
     from sedflow.infer import load_models
-    from sedflow.posterior import observables
     from sedflow.prior import PARAM_NAMES
 
     ok = table["method"] == "anpe"
@@ -84,7 +83,7 @@ def _figures(table, out: Path) -> None:
     post, sed = load_models(None)
     flux = np.array([row[f"flux_{b}"] for b in post.bands])
     err = np.array([row[f"flux_err_{b}"] for b in post.bands])
-    theta = post.sample(observables(flux, err, row["z"]), 5000, seed=0)[0]  # more draws than kept: smooth contours
+    theta = post.sample(post.inputs.observables(flux, err, row["z"]), 5000, seed=0)[0]  # more draws than kept: smooth contours
     idx = [0, 5, 6, 10, 11]
     fig = corner.corner(theta[:, idx], labels=[PARAM_NAMES[i] for i in idx], plot_datapoints=False)
     _, best = best_fit(sed, theta[None], flux[None], err[None], np.array([row["z"]]))

@@ -87,6 +87,7 @@ __all__ = ["McmcResult", "run_mcmc", "log_likelihood", "split_rhat", "write_samp
            "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
 
 PAPER_WALKERS = 30       # [paper] Sec. 5 / PROVABGS
+MIN_MEASURED_BANDS = 3   # fewer measured bands than this: no MCMC
 PAPER_STEPS = 10_000
 PAPER_BURN_IN = 2_000
 STRAGGLER_IQR = 3.0       # walkers below Q1 - 3 IQR of the ensemble's mean log posterior are moved
@@ -293,10 +294,14 @@ def _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, 
     for name, a in (("flux", flux), ("flux_err", flux_err)):
         if a.shape != (nb,):
             raise ValueError(f"{name} must have shape ({nb},) (bands {', '.join(model.band_names)}), got {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} must be finite, got {a.tolist()}")
-    if not np.all(flux_err > 0):
-        raise ValueError(f"flux_err must be > 0 in every band, got {flux_err.tolist()}")
+    # a band without a measurement (NaN flux, non-finite or non-positive error) drops out of the
+    # likelihood: its error becomes infinite. Fluxes <= 0 with an error are measurements.
+    with np.errstate(invalid="ignore"):
+        measured = np.isfinite(flux) & np.isfinite(flux_err) & (flux_err > 0)
+    if measured.sum() < MIN_MEASURED_BANDS:
+        raise ValueError(f"need >= {MIN_MEASURED_BANDS} bands with a finite flux and an error > 0, got "
+                         f"flux {flux.tolist()}, flux_err {flux_err.tolist()}")
+    flux, flux_err = np.where(measured, flux, 0.0), np.where(measured, flux_err, np.inf)
     try:
         z = float(z)
     except (TypeError, ValueError):

@@ -28,51 +28,60 @@ def colour_names(bands) -> tuple:
 
 
 def fit_thresholds(features: np.ndarray, x_mean, x_std, bands, bin_width: float = 0.25,
-                   min_count: int = 100) -> dict:
-    """Thresholds from training x features (`sedflow.posterior.x_features`: log10 mag errors) of ``bands``."""
+                   min_count: int = 100, layout=None) -> dict:
+    """Thresholds from training x features (`sedflow.posterior.InputLayout.features`: log10 mag errors;
+    NaN where a band is missing) of ``bands``; ``x_mean``, ``x_std`` their standardisation."""
     nb = len(bands)
     mags, log_err = features[:, :nb], features[:, nb:2 * nb]
     sigma = {}
     for j, b in enumerate(bands):
-        edges = np.arange(np.floor(mags[:, j].min() / bin_width) * bin_width, mags[:, j].max() + bin_width, bin_width)
-        idx = np.digitize(mags[:, j], edges) - 1
+        m, e_all = mags[:, j], log_err[:, j]
+        ok = np.isfinite(m) & np.isfinite(e_all)
+        m, e_all = m[ok], e_all[ok]
+        edges = np.arange(np.floor(m.min() / bin_width) * bin_width, m.max() + bin_width, bin_width)
+        idx = np.digitize(m, edges) - 1
         centres, p999 = [], []
         for k in range(edges.size - 1):
-            e = log_err[idx == k, j]
+            e = e_all[idx == k]
             if e.size >= min_count:
                 centres.append(0.5 * (edges[k] + edges[k + 1]))
                 p999.append(float(np.percentile(e, 99.9)))
         sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999}
-    f = (features - x_mean) / x_std
+    f = _standardised(features, x_mean, x_std, layout)
     prec = np.linalg.inv(np.cov(f, rowvar=False))
     d2 = np.einsum("ij,jk,ik->i", f, prec, f)
     return {"sigma_mag_p99p9": sigma,
-            "colour_percentiles_0p1_99p9": {c: np.percentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist()
+            "colour_percentiles_0p1_99p9": {c: np.nanpercentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist()
                                             for i, c in enumerate(colour_names(bands))},
             "z_range": [float(features[:, 2 * nb].min()), float(features[:, 2 * nb].max())],
             "mahalanobis_precision": prec.tolist(),
             "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
 
 
-def flags(x: np.ndarray, good: np.ndarray, post) -> dict:
-    """The three OOD flags (n,) of x rows (`sedflow.posterior.x_names` order) for a `PosteriorModel`;
-    rows not ``good`` (bad input) are never flagged."""
-    from sedflow.posterior import x_features
+def _standardised(features, x_mean, x_std, layout):
+    if layout is None:
+        return (features - x_mean) / x_std
+    return layout.standardise(features, np.asarray(x_mean), np.asarray(x_std))
 
+
+def flags(x: np.ndarray, good: np.ndarray, post) -> dict:
+    """The three OOD flags (n,) of x rows (``post.x_names`` order) for a `PosteriorModel`; rows not
+    ``good`` (bad input) are never flagged, nor are missing bands."""
     nb, ood, n = len(post.bands), post.config["ood"], len(x)
     mag, mag_err = x[:, :nb], x[:, nb:2 * nb]
     sigma_ood = np.zeros(n, bool)
-    for j, b in enumerate(post.bands):
-        t = ood["sigma_mag_p99p9"][b]
-        limit = 10.0 ** np.interp(mag[good, j], t["mag"], t["log10_mag_err_p99p9"])
-        sigma_ood[good] |= mag_err[good, j] > limit
-    colour_ood = np.zeros(n, bool)
-    for i, (lo, hi) in enumerate(ood["colour_percentiles_0p1_99p9"].values()):
-        c = mag[good, i] - mag[good, i + 1]
-        colour_ood[good] |= (c < lo) | (c > hi)
+    with np.errstate(invalid="ignore"):
+        for j, b in enumerate(post.bands):
+            t = ood["sigma_mag_p99p9"][b]
+            limit = 10.0 ** np.interp(mag[good, j], t["mag"], t["log10_mag_err_p99p9"])
+            sigma_ood[good] |= mag_err[good, j] > limit          # NaN (missing) compares False
+        colour_ood = np.zeros(n, bool)
+        for i, (lo, hi) in enumerate(ood["colour_percentiles_0p1_99p9"].values()):
+            c = mag[good, i] - mag[good, i + 1]
+            colour_ood[good] |= (c < lo) | (c > hi)
     post_ood = np.zeros(n, bool)
     if good.any():
-        f = (x_features(x[good]) - post.x_mean) / post.x_std
+        f = post.inputs.standardise(post.inputs.features(x[good]), post.x_mean, post.x_std)
         d2 = np.einsum("ij,jk,ik->i", f, np.asarray(ood["mahalanobis_precision"]), f)
         post_ood[good] = d2 > ood["mahalanobis_d2_99p9"]
     return {"flag_sigma_ood": sigma_ood, "flag_color_ood": colour_ood, "flag_posterior_ood": post_ood}

@@ -31,6 +31,7 @@ Example
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -41,8 +42,8 @@ from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS, nanomaggies_to_mag
 from sedflow.storage import atomic_write, file_sha256, write_json
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "FORMAT_VERSION", "DEFAULT_MODEL", "build_estimator", "x_names",
-           "observables", "x_features", "PosteriorModel", "load_model", "save_model", "ArtifactError", "model_path",
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "FORMAT_VERSION", "DEFAULT_MODEL", "InputLayout", "build_estimator",
+           "x_names", "observables", "PosteriorModel", "load_model", "save_model", "ArtifactError", "model_path",
            "shipped_models", "default_model_path"]
 
 FORMAT_VERSION = 2     # 2: bands and filters recorded, x of any number of bands; 1 (SDSS ugriz) still loads
@@ -87,29 +88,120 @@ def default_model_path() -> Path:
     return model_path(None)
 
 
+ASINH = 2.5 / np.log(10)       # Lupton et al. (1999): a = 2.5 log10(e)
+MIN_VALID_BANDS = 3            # an asinh-layout model samples galaxies with at least this many bands
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """How a galaxy's fluxes, errors and redshift become the flow's input x.
+
+    ``kind="mag"`` (SEDflow's, Hahn & Melchior 2022 Sec. 3.3): x = (AB mag per band, mag error per
+    band, z); any flux <= 0 or missing band makes the row unusable.
+
+    ``kind="asinh"``: x = (asinh magnitude per band, its error, z, missing flag per band). Asinh
+    magnitudes (Lupton, Gunn & Szalay 1999, AJ 118, 1406), mu = 22.5 - a [asinh(f / 2s) + ln s]
+    with ``softening`` s [nanomaggies] per band, equal AB mags for f >> s and stay finite and smooth
+    through f <= 0; their error is a sigma_f / sqrt(f^2 + 4 s^2). A band whose flux or error is
+    missing (NaN, inf, ivar 0) is flagged, and its two entries are set to the training mean; the
+    flow learns the posterior marginalised over it (trained with random band masks).
+
+    The network sees log10 of the errors; everything is standardised by the artifact's statistics.
+
+    Example
+    -------
+    >>> layout = InputLayout(("g", "r", "i"), "asinh", (0.05, 0.05, 0.08))
+    >>> layout.names[-3:]
+    ('missing_g', 'missing_r', 'missing_i')
+    >>> x = layout.observables([[-0.02, 10.0, float("nan")]], [[0.03, 0.1, 0.1]], [0.1])
+    >>> bool(np.isfinite(x[0, 0])), float(x[0, -1])            # a negative flux is a measurement
+    (True, 1.0)
+    """
+
+    bands: tuple
+    kind: str = "mag"
+    softening: tuple | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "bands", tuple(self.bands))
+        if self.kind not in ("mag", "asinh"):
+            raise ValueError(f"input layout kind must be 'mag' or 'asinh', got {self.kind!r}")
+        if self.kind == "asinh":
+            if self.softening is None or len(self.softening) != len(self.bands) or min(self.softening) <= 0:
+                raise ValueError("asinh inputs need one positive softening flux per band")
+            object.__setattr__(self, "softening", tuple(float(v) for v in self.softening))
+
+    @property
+    def names(self) -> tuple:
+        """The columns of x."""
+        if self.kind == "mag":
+            return tuple([f"mag_{b}" for b in self.bands] + [f"mag_err_{b}" for b in self.bands] + ["z"])
+        return tuple([f"asinh_mag_{b}" for b in self.bands] + [f"asinh_mag_err_{b}" for b in self.bands] + ["z"]
+                     + [f"missing_{b}" for b in self.bands])
+
+    def missing(self, flux, err) -> np.ndarray:
+        """(n, n_bands) True where a band has no measurement: non-finite flux or error, or error <= 0."""
+        flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
+        with np.errstate(invalid="ignore"):
+            return ~(np.isfinite(flux) & np.isfinite(err) & (err > 0))
+
+    def observables(self, flux, err, z) -> np.ndarray:
+        """x (n, len(names)) from fluxes and 1-sigma errors (n, n_bands) [nanomaggies] and z (n,).
+
+        Unusable entries come out NaN/inf (mag: non-positive flux; asinh: missing bands), without
+        warnings."""
+        flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
+        z = np.asarray(z, dtype=float).reshape(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.kind == "mag":
+                return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux, z])
+            s = np.asarray(self.softening)
+            miss = self.missing(flux, err)
+            mu = 22.5 - ASINH * (np.arcsinh(flux / (2 * s)) + np.log(s))
+            sigma = ASINH * err / np.sqrt(flux**2 + 4 * s**2)
+            mu[miss], sigma[miss] = np.nan, np.nan
+            return np.column_stack([mu, sigma, z, miss.astype(float)])
+
+    def features(self, x) -> np.ndarray:
+        """x -> network features before standardisation: log10 of the errors."""
+        x = np.asarray(x, dtype=np.float64)
+        nb = len(self.bands)
+        f = x.copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f[:, nb:2 * nb] = np.log10(x[:, nb:2 * nb])
+        return f
+
+    def standardise(self, features, mean, std) -> np.ndarray:
+        """(features - mean) / std, the entries of missing bands set to 0 (the training mean)."""
+        features = np.asarray(features, dtype=np.float64)
+        f = (features - mean) / std
+        if self.kind == "asinh":
+            nb = len(self.bands)
+            miss = features[:, 2 * nb + 1:] > 0.5
+            f[:, :nb][miss] = 0.0
+            f[:, nb:2 * nb][miss] = 0.0
+        return f
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "bands": list(self.bands),
+                **({"softening_nanomaggies": list(self.softening)} if self.softening else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict | None, bands) -> "InputLayout":
+        """The layout an artifact records (none recorded: SEDflow's log magnitudes)."""
+        if not d:
+            return cls(tuple(bands))
+        return cls(tuple(d.get("bands", bands)), d["kind"], d.get("softening_nanomaggies"))
+
+
 def x_names(bands) -> tuple:
-    """The flow's input columns for ``bands``: AB magnitudes, magnitude errors, redshift."""
-    return tuple([f"mag_{b}" for b in bands] + [f"mag_err_{b}" for b in bands] + ["z"])
+    """The log-magnitude layout's x columns for ``bands`` (`InputLayout`)."""
+    return InputLayout(bands).names
 
 
 def observables(flux, err, z) -> np.ndarray:
-    """x (n, 2 n_bands + 1) in `x_names` order (AB mags, mag errors = 1.0857 err / flux, z) from
-    fluxes and 1-sigma errors (n, n_bands) [nanomaggies] and z (n,); non-positive fluxes give
-    NaN/inf entries, not warnings."""
-    flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux,
-                                np.asarray(z, dtype=float).reshape(-1)])
-
-
-def x_features(x: np.ndarray) -> np.ndarray:
-    """x in `x_names` order -> network features: log10 of the magnitude errors."""
-    x = np.asarray(x, dtype=np.float64)
-    nb = (x.shape[1] - 1) // 2
-    f = x.copy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f[:, nb:2 * nb] = np.log10(x[:, nb:2 * nb])
-    return f
+    """x in the log-magnitude layout (`InputLayout.observables`), the number of bands from ``flux``."""
+    return InputLayout(tuple(range(np.atleast_2d(flux).shape[1]))).observables(flux, err, z)
 
 
 def build_estimator(arch: str | dict, n_x: int = 2 * len(BANDS) + 1):
@@ -156,7 +248,8 @@ class PosteriorModel:
         self.arch = config["architecture"]["name"]
         self.bands = tuple(config["bands"])
         self.filters = tuple(config["filters"])
-        self.x_names = x_names(self.bands)
+        self.inputs = InputLayout.from_dict(config.get("x_layout"), self.bands)
+        self.x_names = self.inputs.names
 
     def sed_model(self, **kwargs):
         """The SED model this posterior was trained with (derived properties, MCMC, held-out sims)."""
@@ -174,11 +267,11 @@ class PosteriorModel:
         if x.ndim != 2 or x.shape[1] != len(self.x_names):
             raise ValueError(f"x must have shape (n_gal, {len(self.x_names)}) ordered {list(self.x_names)}, "
                              f"got {x.shape}")
-        f = x_features(x)
+        f = self.inputs.standardise(self.inputs.features(x), self.x_mean, self.x_std)
         if not np.all(np.isfinite(f)):
             bad = np.flatnonzero(~np.all(np.isfinite(f), axis=1))
             raise ValueError(f"{bad.size} rows of x are NaN/inf or have mag_err <= 0 (rows {bad[:10].tolist()})")
-        return torch.as_tensor((f - self.x_mean) / self.x_std, dtype=torch.float32)
+        return torch.as_tensor(f, dtype=torch.float32)
 
     # ------------------------------------------------------------------ sampling
     def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
@@ -240,8 +333,9 @@ def save_model(path, net, config: dict) -> Path:
     atomic_write(path / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
     if "bands" not in config or "filters" not in config or len(config["bands"]) != len(config["filters"]):
         raise ValueError("a model config names its bands and, one each, their filters")
-    config = {**config, "format_version": FORMAT_VERSION, "kind": "sedflow.posterior",
-              "x_names": list(x_names(config["bands"])), "theta_names": list(PARAM_NAMES),
+    layout = InputLayout.from_dict(config.get("x_layout"), config["bands"])
+    config = {**config, "format_version": FORMAT_VERSION, "kind": "sedflow.posterior", "x_layout": layout.to_dict(),
+              "x_names": list(layout.names), "theta_names": list(PARAM_NAMES),
               "u_names": list(UNCONSTRAINED_NAMES), "versions": _versions(),
               "weights_sha256": file_sha256(path / WEIGHTS)}
     write_json(path / CONFIG, config)
@@ -279,7 +373,11 @@ def load_model(model=None) -> PosteriorModel:
     if version < 2:          # format 1: SDSS ugriz, bands and filters implied
         config = {**config, "bands": list(BANDS), "filters": list(SDSS_FILTERS)}
     bands = config.get("bands") or []
-    if (list(config.get("x_names", [])) != list(x_names(bands)) or len(config.get("filters") or []) != len(bands)
+    try:
+        layout = InputLayout.from_dict(config.get("x_layout"), bands)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{path}: its input layout is invalid ({e})") from None
+    if (list(config.get("x_names", [])) != list(layout.names) or len(config.get("filters") or []) != len(bands)
             or list(config.get("theta_names", [])) != list(PARAM_NAMES)):
         raise ArtifactError(f"{path}: its bands, filters, x or theta definitions are inconsistent or differ from "
                             "this sedflow's")

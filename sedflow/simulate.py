@@ -39,7 +39,7 @@ from sedflow.catalog import MAG_ERR_PER_FRAC
 from sedflow.noise import NoiseModel
 from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
 from sedflow.sps.photometry import nanomaggies_to_mag
-from sedflow.storage import write_parquet
+from sedflow.storage import claim_output, write_parquet
 
 __all__ = ["simulation_schema", "SimulationConfig", "simulate_rows", "run_simulation", "shard_path", "shard_counts", "PAPER_N"]
 
@@ -72,6 +72,12 @@ class SimulationConfig:
     z_max: float = 0.2
     reported_errors: str = "observed"
     filters: tuple | None = None     # None: the noise model's (the catalog it was fitted to named them)
+    # robustness to other error regimes: each band's sigma_mag x a per-galaxy factor ~ log-U(lo, hi)
+    noise_envelope: tuple | None = None
+    # None: every band's noisy flux inside the catalog's flux range (the paper's cut). k: at least k
+    # bands inside it and none above it; the others may be faint, zero or negative (non-detections),
+    # with sky-limited errors (`simulate_rows`)
+    min_detected: int | None = None
 
     def shard_sizes(self) -> list[int]:
         base, extra = divmod(self.n, self.shards)
@@ -92,7 +98,8 @@ REPORTED_ERRORS = ("observed", "true")
 
 
 def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_min=0.0, z_max=0.2,
-                  batch: int = 8192, reported_errors: str = "observed") -> tuple[dict, dict]:
+                  batch: int = 8192, reported_errors: str = "observed", noise_envelope=None,
+                  min_detected: int | None = None) -> tuple[dict, dict]:
     """Draw simulations until ``n_rows`` survive the cuts; deterministic given ``rng``.
 
     Each galaxy gets sigma_mag from the noise model at its noiseless magnitudes, and Gaussian flux
@@ -105,6 +112,14 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
     most of the noise, and its posteriors came out narrower than the likelihood's, README
     "Validation results"). The noise draws are the same either way.
 
+    ``noise_envelope=(lo, hi)`` multiplies each band's sigma_mag by a factor drawn log-uniformly in
+    [lo, hi] per galaxy and band, so that errors around the fitted noise model are in distribution.
+    ``min_detected=k`` replaces the paper's cut (every band inside the catalog's flux range) by: at
+    least k bands inside it and none above it. Fainter bands then reach the sky noise: their flux
+    error does not fall below the noise model's faint-end flux error (`NoiseModel.faint_flux_error`),
+    so galaxies fade into non-detections (f_obs <= 0) as in a catalog, where errors are reported as
+    max(sigma_mag |f_obs|, faint-end error) / 1.0857-style, never ~0 at f_obs ~ 0.
+
     Returns (columns dict of the schema's columns minus shard/row, counts) with
     ``drawn == kept + cut_sigma_nonpositive + cut_flux_range + unused``.
     """
@@ -115,6 +130,13 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
                          f"bands {list(noise.bands)}")
     rng = np.random.default_rng(rng)
     lo_f, hi_f = noise.flux_range[:, 0], noise.flux_range[:, 1]
+    if min_detected is not None:
+        if not 1 <= min_detected <= len(noise.bands):
+            raise ValueError(f"min_detected must be in 1..{len(noise.bands)}, got {min_detected}")
+        faint_err = noise.faint_flux_error()                 # sky-limited flux error per band
+        faint_sigma_mag = np.sqrt(np.array([m[-1] for m in noise.median]) ** 2 + noise.floors**2)
+    if noise_envelope is not None and not 0 < noise_envelope[0] <= noise_envelope[1]:
+        raise ValueError(f"noise_envelope must be (lo, hi) with 0 < lo <= hi, got {noise_envelope}")
     parts, counts, kept = [], _Counts(), 0
     while kept < n_rows:
         size = max(1024, min(batch, 2 * (n_rows - kept)))
@@ -122,10 +144,23 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
         z = z_max - (z_max - z_min) * rng.uniform(size=size)          # on (z_min, z_max]
         flux_true = model.photometry(theta, z)
         sigma_mag, ok_sigma = noise.sample_mag_err(nanomaggies_to_mag(flux_true), rng)
+        if noise_envelope is not None:
+            lo, hi = np.log(noise_envelope[0]), np.log(noise_envelope[1])
+            sigma_mag = sigma_mag * np.exp(rng.uniform(lo, hi, sigma_mag.shape))
         noise_sigma = sigma_mag * flux_true / MAG_ERR_PER_FRAC
+        if min_detected is not None:          # sky-limited: no flux error below the faint end's
+            noise_sigma = np.maximum(noise_sigma, faint_err * sigma_mag / faint_sigma_mag)
         flux = flux_true + noise_sigma * rng.standard_normal(flux_true.shape)
-        flux_err = noise_sigma if reported_errors == "true" else sigma_mag * np.abs(flux) / MAG_ERR_PER_FRAC
-        in_range = np.all((flux >= lo_f) & (flux <= hi_f), axis=1)
+        if reported_errors == "true":
+            flux_err = noise_sigma
+        else:
+            flux_err = sigma_mag * np.abs(flux) / MAG_ERR_PER_FRAC
+            if min_detected is not None:
+                flux_err = np.maximum(flux_err, faint_err * sigma_mag / faint_sigma_mag)
+        if min_detected is None:
+            in_range = np.all((flux >= lo_f) & (flux <= hi_f), axis=1)
+        else:
+            in_range = (np.sum((flux >= lo_f) & (flux <= hi_f), axis=1) >= min_detected) & np.all(flux <= hi_f, axis=1)
         keep = ok_sigma & in_range
         counts.add({"drawn": size, "cut_sigma_nonpositive": int((~ok_sigma).sum()),
                     "cut_flux_range": int((ok_sigma & ~in_range).sum())})
@@ -156,7 +191,8 @@ def _simulate_shard(model, noise, prior, config: SimulationConfig, k: int):
     n = config.shard_sizes()[k]
     t0 = time.perf_counter()
     cols, counts = simulate_rows(model, noise, prior, n, np.random.default_rng(seq), config.z_min, config.z_max,
-                                 reported_errors=config.reported_errors)
+                                 reported_errors=config.reported_errors, noise_envelope=config.noise_envelope,
+                                 min_detected=config.min_detected)
     cols["shard"] = np.full(n, k, dtype=np.int32)
     cols["row"] = np.arange(n, dtype=np.int64)
     schema = simulation_schema(noise.bands)
@@ -229,15 +265,7 @@ def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(config, noise, model, prior)
-    mpath = out / MANIFEST
-    if mpath.exists():
-        old = json.loads(mpath.read_text())
-        if {k: old.get(k) for k in manifest} != manifest:
-            raise ValueError(f"{out} holds a simulation with another configuration ({mpath}); "
-                             "use a new directory or the same settings")
-    else:
-        mpath.write_text(json.dumps(manifest, indent=1))
+    claim_output(out / MANIFEST, _manifest(config, noise, model, prior), "a simulation")
     for stale in out.glob(".shard-*.tmp*"):
         stale.unlink()  # temp files of an interrupted run
 

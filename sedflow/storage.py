@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 __all__ = ["local_path", "cli_path", "atomic_write", "write_parquet", "write_row_partitions", "write_json",
-           "file_sha256", "temp_name"]
+           "file_sha256", "temp_name", "claim_output"]
 
 
 def temp_name(path: Path) -> Path:
@@ -64,6 +64,22 @@ def write_json(path, obj) -> Path:
     """`atomic_write` of a JSON document (indented)."""
     text = json.dumps(obj, indent=1)
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def claim_output(path, manifest: dict, what: str, ignore=()) -> None:
+    """The resume rule of every stage: the first run writes ``manifest`` (its settings) to ``path``; a
+    rerun into the same output must have the same settings (keys in ``ignore`` aside), or it is
+    refused with a ValueError, so finished files of other settings are never mixed in."""
+    path = Path(path)
+    manifest = json.loads(json.dumps(manifest))                      # compare as it reads back
+    if path.exists():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in manifest if k not in ignore} != {k: v for k, v in manifest.items()
+                                                                    if k not in ignore}:
+            raise ValueError(f"{path.parent} holds {what} with other settings ({path}); use a new output "
+                             "directory or the same settings")
+    else:
+        write_json(path, manifest)
 
 
 def file_sha256(path) -> str:

@@ -28,11 +28,37 @@ from pathlib import Path
 import numpy as np
 
 from sedflow.ood import fit_thresholds
-from sedflow.posterior import ARCHITECTURES, DEFAULT_ARCH, build_estimator, save_model, x_features, x_names
+from sedflow.posterior import MIN_VALID_BANDS, ARCHITECTURES, DEFAULT_ARCH, InputLayout, build_estimator, save_model
 from sedflow.prior import UNCONSTRAINED_NAMES
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
-__all__ = ["train", "training_data", "simulation_bands"]
+__all__ = ["train", "training_data", "simulation_bands", "input_layout", "INPUTS"]
+
+INPUTS = ("mag", "asinh")
+ASINH_SOFTENING_PER_SIGMA = 1.042   # Lupton et al. (1999): the softening that minimises the error at low S/N
+
+
+def input_layout(manifest: dict, kind: str) -> InputLayout:
+    """The x layout for a simulation manifest: log mags, or asinh mags softened at 1.042 x the noise
+    model's faint-end flux error per band (Lupton, Gunn & Szalay 1999)."""
+    bands = simulation_bands(manifest)[0]
+    if kind == "mag":
+        return InputLayout(bands)
+    from sedflow.noise import NoiseModel
+
+    noise = NoiseModel.from_dict(manifest["noise_model"])
+    return InputLayout(bands, "asinh", tuple(ASINH_SOFTENING_PER_SIGMA * noise.faint_flux_error()))
+
+
+def mask_bands(flux: np.ndarray, fraction: float, rng) -> np.ndarray:
+    """Training augmentation for missing bands: a copy of ``flux`` in which ``fraction`` of the rows
+    lose 1 or 2 random bands (set NaN), always keeping `MIN_VALID_BANDS`."""
+    n, nb = flux.shape
+    lose = np.minimum(rng.integers(1, 3, n), max(nb - MIN_VALID_BANDS, 0)) * (rng.uniform(size=n) < fraction)
+    rank = np.argsort(np.argsort(rng.uniform(size=(n, nb)), axis=1), axis=1)    # a random order of the bands
+    out = flux.copy()
+    out[rank < lose[:, None]] = np.nan
+    return out
 
 
 def simulation_bands(manifest: dict) -> tuple[tuple, tuple]:
@@ -56,7 +82,8 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
     manifest_path = data_dir / "_simulation.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     listing = []
-    columns = list(UNCONSTRAINED_NAMES) + list(x_names(simulation_bands(manifest)[0]))
+    bands = simulation_bands(manifest)[0]
+    columns = list(UNCONSTRAINED_NAMES) + [f"flux_{b}" for b in bands] + [f"flux_err_{b}" for b in bands] + ["z"]
     for p in shards:
         md = pq.read_metadata(p)
         missing = [c for c in columns if c not in md.schema.names]
@@ -68,42 +95,47 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
                               "manifest_sha256": digest, "directory_name": data_dir.resolve().name}
 
 
-def _read_shard(path, k: int, seed: int, val_fraction: float, bands):
-    """(u, x features, is_validation) of one shard; the split depends on (seed, shard) only."""
+def _read_shard(path, k: int, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0):
+    """(u, x features, is_validation) of one shard; the split and the band masks depend on (seed, shard) only."""
     import pyarrow.parquet as pq
 
-    xn = x_names(bands)
-    t = pq.read_table(path, columns=list(UNCONSTRAINED_NAMES) + list(xn))
+    fc, ec = [f"flux_{b}" for b in layout.bands], [f"flux_err_{b}" for b in layout.bands]
+    t = pq.read_table(path, columns=list(UNCONSTRAINED_NAMES) + fc + ec + ["z"])
     u = np.column_stack([t.column(c).to_numpy() for c in UNCONSTRAINED_NAMES])
-    x = x_features(np.column_stack([t.column(c).to_numpy() for c in xn]))
+    flux = np.column_stack([t.column(c).to_numpy() for c in fc])
+    if missing_fraction:
+        flux = mask_bands(flux, missing_fraction, np.random.default_rng([seed, k, 1]))
+    x = layout.observables(flux, np.column_stack([t.column(c).to_numpy() for c in ec]), t.column("z").to_numpy())
     val = np.random.default_rng([seed, k]).uniform(size=len(u)) < val_fraction
-    return u, x, val
+    return u, layout.features(x), val
 
 
-def _statistics(shards, seed: int, val_fraction: float, bands, sample_rows: int = 200_000) -> dict:
-    """Standardisation and OOD thresholds from the training rows, one shard in memory at a time."""
-    n, su, su2, sx, sx2 = 0, 0.0, 0.0, 0.0, 0.0
+def _statistics(shards, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0,
+                sample_rows: int = 200_000) -> dict:
+    """Standardisation and OOD thresholds from the training rows, one shard in memory at a time
+    (the x moments over the bands present: missing ones are NaN)."""
+    n, su, su2, sx, sx2, nx = 0, 0.0, 0.0, 0.0, 0.0, 0
     keep = []
     total = 0
     for k, p in enumerate(shards):
-        u, x, val = _read_shard(p, k, seed, val_fraction, bands)
+        u, x, val = _read_shard(p, k, seed, val_fraction, layout, missing_fraction)
         u, x = u[~val], x[~val]
         n += len(u)
         su, su2 = su + u.sum(0), su2 + (u**2).sum(0)
-        sx, sx2 = sx + x.sum(0), sx2 + (x**2).sum(0)
+        sx, sx2, nx = sx + np.nansum(x, 0), sx2 + np.nansum(x**2, 0), nx + np.isfinite(x).sum(0)
         keep.append(x)
         total += len(x)
         if total > 4 * sample_rows:   # bounded memory: thin what is kept
             keep = [np.concatenate(keep)[::2]]
             total = len(keep[0])
     sub = np.concatenate(keep)
-    x_mean, x_std = sx / n, np.sqrt(np.maximum(sx2 / n - (sx / n) ** 2, 1e-24))
+    x_mean, x_std = sx / nx, np.sqrt(np.maximum(sx2 / nx - (sx / nx) ** 2, 1e-24))
     u_mean, u_std = su / n, np.sqrt(np.maximum(su2 / n - (su / n) ** 2, 1e-24))
     return {
         "rows_train": int(n),
         "standardization": {"x_mean": x_mean.tolist(), "x_std": x_std.tolist(),
                             "u_mean": u_mean.tolist(), "u_std": u_std.tolist()},
-        "ood": fit_thresholds(sub, x_mean, x_std, bands),
+        "ood": fit_thresholds(sub, x_mean, x_std, layout.bands, layout=layout),
     }
 
 
@@ -135,21 +167,22 @@ def _train_loop(cfg: dict) -> None:
     torch.set_num_threads(cfg["threads_per_worker"])
     torch.manual_seed(cfg["seed"])
     std = cfg["standardization"]
+    layout = InputLayout.from_dict(cfg["x_layout"], cfg["bands"])
     x_mean, x_std = np.array(std["x_mean"]), np.array(std["x_std"])
     u_mean, u_std = np.array(std["u_mean"]), np.array(std["u_std"])
 
     # this worker's rows: global row index % world == rank
     parts, offset = {"train": [], "val": []}, 0
     for k, p in enumerate(cfg["shards"]):
-        u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"], cfg["bands"])
+        u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"], layout, cfg["missing_fraction"])
         mine = (offset + np.arange(len(u))) % world == rank
         offset += len(u)
         for name, sel in (("train", mine & ~val), ("val", mine & val)):
             parts[name].append((((u[sel] - u_mean) / u_std).astype(np.float32),
-                                ((x[sel] - x_mean) / x_std).astype(np.float32)))
+                                layout.standardise(x[sel], x_mean, x_std).astype(np.float32)))
     data = {k: tuple(torch.from_numpy(np.concatenate(a)) for a in zip(*v)) for k, v in parts.items()}
 
-    net = build_estimator(cfg["arch_kwargs"], n_x=len(x_names(cfg["bands"])))
+    net = build_estimator(cfg["arch_kwargs"], n_x=len(layout.names))
     model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     # lr x 1/2 after lr_patience epochs without a better validation loss (0: constant lr)
@@ -227,8 +260,14 @@ def _train_loop(cfg: dict) -> None:
 # ---------------------------------------------------------------------- driver
 def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_size: int = 2048,
           max_epochs: int = 500, lr: float = 5e-4, patience: int = 20, seed: int = 0,
-          val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5) -> dict:
+          val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5, inputs: str = "mag",
+          missing_fraction: float | None = None) -> dict:
     """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
+
+    ``inputs``: the x layout (`sedflow.posterior.InputLayout`): ``"mag"`` (SEDflow's log magnitudes)
+    or ``"asinh"`` (asinh magnitudes softened from the noise model, with missing-band flags: models
+    that take non-detections and galaxies with missing bands). ``missing_fraction``: share of the
+    training rows that lose 1-2 random bands (asinh only; default 0.2).
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
     """
@@ -247,22 +286,37 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError(f"lr_patience must be >= 0 (0: constant lr), got {lr_patience}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+    if missing_fraction is None:
+        missing_fraction = 0.2 if inputs == "asinh" else 0.0
+    if missing_fraction and inputs != "asinh":
+        raise ValueError("missing bands need inputs='asinh' (the log-magnitude layout has no missing flags)")
     shards, manifest, fingerprint = training_data(data_dir)
     bands, filters = simulation_bands(manifest)
+    layout = input_layout(manifest, inputs)
+    if layout.kind == "mag" and (manifest.get("config") or {}).get("min_detected") is not None:
+        raise ValueError("these simulations reach non-detections (min_detected), which log magnitudes cannot "
+                         "hold: train with inputs='asinh' (--inputs asinh)")
+    if missing_fraction and len(bands) <= MIN_VALID_BANDS:
+        raise ValueError(f"{len(bands)} bands leave none to mask (a galaxy keeps at least {MIN_VALID_BANDS})")
     t0 = time.perf_counter()
     stats_path = out / "training_statistics.json"
     if stats_path.exists():   # a resumed run must keep the standardisation of the original
         stats = json.loads(stats_path.read_text())
-        if stats["fingerprint"] != fingerprint or stats["seed"] != seed:
+        if (stats["fingerprint"] != fingerprint or stats["seed"] != seed
+                or stats.get("x_layout", {"kind": "mag"})["kind"] != layout.kind
+                or stats.get("missing_fraction", 0.0) != missing_fraction):
             raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
     else:
-        stats = {**_statistics(shards, seed, val_fraction, bands), "fingerprint": fingerprint, "seed": seed}
+        stats = {**_statistics(shards, seed, val_fraction, layout, missing_fraction), "fingerprint": fingerprint,
+                 "seed": seed, "x_layout": layout.to_dict(), "missing_fraction": missing_fraction}
         stats_path.write_text(json.dumps({k: v for k, v in stats.items() if k != "ood"}))
 
     with ray_session(address):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         cfg = {"shards": [str(p.resolve()) for p in shards], "seed": seed, "val_fraction": val_fraction,
-               "bands": list(bands),
+               "bands": list(bands), "x_layout": layout.to_dict(), "missing_fraction": missing_fraction,
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
                "lr_patience": lr_patience, "threads_per_worker": max(1, cpus // workers)}
@@ -282,8 +336,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError(f"the validation loss was never finite in {state['epoch']} epochs (training diverged); "
                          f"lower --lr (was {lr:g}) and use a new --out")
     if "ood" not in stats:   # resumed run: the thresholds are recomputed, not cached
-        stats["ood"] = _statistics(shards, seed, val_fraction, bands)["ood"]
-    net = build_estimator(ARCHITECTURES[arch], n_x=len(x_names(bands)))
+        stats["ood"] = _statistics(shards, seed, val_fraction, layout, missing_fraction)["ood"]
+    net = build_estimator(ARCHITECTURES[arch], n_x=len(layout.names))
     net.load_state_dict(state["best_net"])
     n_params = sum(p.numel() for p in net.parameters())
     history = state["history"]
@@ -293,8 +347,14 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                          "parameters": n_params},
         "bands": list(bands),
         "filters": list(filters),
-        "x_definition": "mag_{b} (AB, extinction-corrected) for each band, mag_err_{b} = 1.0857 flux_err/flux, "
-                        "z; the network sees log10(mag_err); all standardised",
+        "x_layout": layout.to_dict(),
+        "missing_fraction": missing_fraction,
+        "x_definition": ("mag_{b} (AB, extinction-corrected) for each band, mag_err_{b} = 1.0857 flux_err/flux, z"
+                         if layout.kind == "mag" else
+                         "asinh_mag_{b} = 22.5 - 1.0857 [asinh(f / 2s_b) + ln s_b] for each band (Lupton et al. "
+                         "1999; s_b in x_layout), asinh_mag_err_{b} = 1.0857 flux_err / sqrt(f^2 + 4 s_b^2), z, "
+                         "missing_{b} (1: no measurement; that band's entries set to the training mean)")
+                        + "; the network sees log10 of the errors; all standardised",
         "theta_space": "Prior.to_unconstrained (11-dim, R^11), standardised",
         "standardization": stats["standardization"],
         "ood": stats["ood"],

@@ -88,7 +88,6 @@ def test_one_galaxy_and_programming_errors(sdss_rows):
         (dict(good, flux=a["flux"][0][:4]), "shape"),                 # 4 fluxes for 5 bands
         (dict(good, flux_err=np.ones((2, 5))), "rows"),
         (dict(good, z=[0.1, 0.2]), "one value per row"),
-        (dict(good, extinction=None), "extinction"),                 # the description says: deredden
         (dict(good, spec="no_such_survey"), "no_such_survey"),
         (dict(good, model="no_such_model"), "no_such_model"),
         (dict(good, n_samples=0), "n_samples"),
@@ -98,6 +97,8 @@ def test_one_galaxy_and_programming_errors(sdss_rows):
         kwargs.setdefault("spec", "sdss_kcorrect")
         with pytest.raises(ValueError, match=match):
             sedflow.fit(**kwargs)
+    with pytest.warns(UserWarning, match="not corrected for Galactic extinction"):   # used as given, loudly
+        sedflow.fit(a["flux"][0], a["flux_err"][0], 0.1, spec="sdss_kcorrect", n_samples=10)
     with pytest.raises(ValueError, match="extinction"):            # NSA fluxes are already dereddened
         sedflow.fit(a["flux"], a["flux_err"], 0.1, extinction=a["extinction"], spec="nsa")
 

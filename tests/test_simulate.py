@@ -154,7 +154,7 @@ def test_reported_errors_do_not_give_away_the_noise_draw(sed_model, prior):
 
 def test_other_configuration_in_same_directory_is_refused(reference, sed_model):
     out, _ = reference
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match="other settings"):
         run_simulation(out, SimulationConfig(n=600, shards=2, seed=8), model=sed_model, progress=False)
 
 
