@@ -71,7 +71,7 @@ def run(quick: bool = False) -> dict:
     net = load_model().net
     flops = linear_flops_per_sample(net)
     res = {"matmul_n": N_MATMUL, "flops_per_sample": {"coupling": flops,
-                                                      "paper": linear_flops_per_sample(build_estimator("paper"), n=4)},
+                                                      "paper": linear_flops_per_sample(build_estimator("paper", n_x=11), n=4)},
            "matmul_gflops": {}, "sampler_samples_per_s": {}, "sampler_gflops": {}}
     rows = [row("coupling Linear FLOPs per sample", flops, "FLOP", "paper MAF", res["flops_per_sample"]["paper"])]
     for t in sorted({1, CPUS}):

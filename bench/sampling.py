@@ -33,7 +33,7 @@ def posterior(arch: str):
 
     config = dict(load_model().config)
     config["architecture"] = {"name": arch, "kwargs": ARCHITECTURES[arch]}
-    return PosteriorModel(build_estimator(arch), config)
+    return PosteriorModel(build_estimator(arch, n_x=len(config["x_names"])), config)
 
 
 def rate(arch: str, n_samples: int, n_gal: int, n_threads: int = CPUS) -> float:

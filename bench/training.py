@@ -27,7 +27,7 @@ def step_rate(arch: str, min_time: float, min_steps: int = 3, batch: int = BATCH
     from sedflow.train import _nll_module
 
     torch.manual_seed(0)
-    net = build_estimator(arch)
+    net = build_estimator(arch, n_x=11)              # the SDSS model's x: 5 mags, 5 errors, z
     model = _nll_module(net).train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     u, x = torch.randn(8 * batch, 11), torch.randn(8 * batch, 11)

@@ -46,7 +46,7 @@ MAG_ERR_PER_FRAC = 2.5 / np.log(10)  # sigma_mag = 1.0857 sigma_flux / flux
 # convention of SDSS and speclite; astropy's ABmag zero point, 3630.8 Jy, differs by 6e-5).
 FLUX_UNITS = {"nanomaggies": "nmgy", "nmgy": "nmgy", "maggies": "mgy", "nJy": "nJy", "uJy": "uJy",
               "mJy": "mJy", "Jy": "Jy", "mag": None, "ABmag": None}
-MAX_VALID_MAG = 50.0     # magnitudes at or above this (SDSS-style 99 sentinels) are no measurement
+VALID_MAG = (0.0, 50.0)  # galaxy magnitudes outside this (99, -99, -9999 sentinels) are no measurement
 
 
 def extinction_coefficients(filters, r_v: float = 3.1) -> np.ndarray:
@@ -77,7 +77,7 @@ def to_nanomaggies(values, units: str, errors=None, error_kind: str = "sigma"):
     flux unit) -> (flux, sigma) in nanomaggies, through astropy units; errors may be None.
 
     Magnitudes: flux = 10^(-0.4 (m - 22.5)), sigma = flux sigma_m / 1.0857; NaN where m is not
-    finite or >= 50. A non-positive error or ivar gives NaN sigma.
+    finite or outside `VALID_MAG` (sentinels). A non-positive error or ivar gives NaN sigma.
     """
     import astropy.units as u
 
@@ -90,7 +90,7 @@ def to_nanomaggies(values, units: str, errors=None, error_kind: str = "sigma"):
                 err = 1.0 / np.sqrt(err)
         unit = FLUX_UNITS[units]
         if unit is None:
-            mags = np.where(np.isfinite(values) & (values < MAX_VALID_MAG), values, np.nan)
+            mags = np.where(np.isfinite(values) & (values > VALID_MAG[0]) & (values < VALID_MAG[1]), values, np.nan)
             flux = (mags * u.mag(u.maggy)).to_value(u.nanomaggy)
             return flux, None if err is None else flux * err / MAG_ERR_PER_FRAC
         factor = (1.0 * u.Unit(unit)).to_value(u.nanomaggy, equivalencies=u.zero_point_flux(3631 * u.Jy))
@@ -343,7 +343,7 @@ def standard_form(cols: dict, spec: CatalogSpec, apply_floors: bool = True) -> t
                 factor = 10.0 ** (0.4 * np.where(np.isfinite(a), a, np.nan))
             flux, sigma = flux * factor, sigma * factor
         if apply_floors and spec.mag_err_floor and not spec.floor_applied:
-            floor = np.array([spec.mag_err_floor[b] for b in spec.bands]) / MAG_ERR_PER_FRAC
+            floor = np.array([spec.mag_err_floor.get(b, 0.0) for b in spec.bands]) / MAG_ERR_PER_FRAC
             sigma = np.sqrt(sigma**2 + (floor * flux) ** 2)
     z = np.asarray(cols[spec.redshift], dtype=float)
 

@@ -7,9 +7,10 @@ through the same checks, sampling, summaries and derived properties as inference
 (`sedflow.infer.infer_frame`), treated as one partition: the same rows and seed give the same
 summaries as ``sedflow infer`` on a one-partition catalog ingested from them.
 
-A data problem in a row (NaN or non-positive flux, missing redshift, ivar 0, a redshift outside
-the model's range) never raises: that row comes back flagged (``flag_bad_input``, ``method =
-'none'``, summaries NaN). A programming error (wrong shapes, an unknown description or model, a
+A data problem in a row (for the shipped log-magnitude model: NaN or non-positive flux, ivar 0;
+for any model: a missing redshift or one outside its range) never raises: that row comes back
+flagged (``flag_bad_input``, ``method = 'none'``, summaries NaN). ``inputs`` holds the catalog-level
+flags of ingest, which do not know the model (an asinh-input model samples fluxes <= 0). A programming error (wrong shapes, an unknown description or model, a
 duplicated id) raises a ValueError that names it.
 
 Example
@@ -91,18 +92,23 @@ def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tup
     n = f.shape[0]
     cols = {"flux": f, "flux_err": _rows(flux_err, "flux_err", nb, n), "z": _rows(z, "z", None, n)}
     needs_extinction = bool(spec.extinction) and not spec.extinction.get("applied", False)
+    kind = (spec.extinction or {}).get("kind", "mag")          # mag or transmission per band, or ebv per row
+    if extinction is not None and not needs_extinction:
+        raise ValueError(f"the description {spec.name!r} has no extinction to apply (its fluxes are already "
+                         f"corrected, or it names none): drop extinction=")
     if needs_extinction and extinction is None:
         import warnings
 
         warnings.warn(f"the description {spec.name!r} says its fluxes are not corrected for Galactic extinction, "
-                      f"and no extinction= was given: the fluxes are used as they are (pass extinction=A, mag "
-                      f"per band, shape ({nb},) or (n_rows, {nb}), to deredden them)", UserWarning, stacklevel=3)
-        extinction = np.zeros(nb)
-    if extinction is not None and not needs_extinction:
-        raise ValueError(f"the description {spec.name!r} has no extinction to apply (its fluxes are already "
-                         f"corrected, or it names none): drop extinction=")
-    if needs_extinction:
-        a = _rows(extinction, "extinction", nb, None)
+                      f"and no extinction= was given: the fluxes are used as they are (pass extinction= as the "
+                      f"description's extinction.kind ({kind!r}) says: mag or transmission per band, or E(B-V) "
+                      f"per row)", UserWarning, stacklevel=3)
+        extinction = 1.0 if kind == "transmission" else 0.0          # no extinction
+    if needs_extinction and kind == "ebv":
+        cols["extinction"] = _rows(extinction, "extinction (E(B-V))", None, n)
+    elif needs_extinction:
+        a = _rows(np.broadcast_to(extinction, (nb,)) if np.ndim(extinction) == 0 else extinction,
+                  "extinction", nb, None)
         cols["extinction"] = np.broadcast_to(a, (n, nb)) if a.shape[0] == 1 else _rows(a, "extinction", nb, n)
     cols["id"] = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
     if cols["id"].shape != (n,):
@@ -112,7 +118,8 @@ def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tup
         spec, id="id", ra=None, dec=None, redshift="z",
         flux={"column": "flux", "units": units},
         flux_error={"column": "flux_err", "kind": "sigma"},
-        extinction={"column": "extinction", "applied": False} if needs_extinction else None)
+        extinction={**{k: v for k, v in spec.extinction.items() if k in ("kind", "r_v", "ebv_scale")},
+                    "column": "extinction", "applied": False} if needs_extinction else None)
     return cols, as_arrays
 
 
@@ -130,9 +137,10 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
         z: spectroscopic redshift, one number or one per row (array input).
         spec: the catalog description: a shipped name (``"sdss_kcorrect"``, ``"nsa"``) or a YAML
             path. It says whether the fluxes are dereddened and which error floors to add.
-        extinction: Galactic extinction [mag] per band, for array input when the description's
-            fluxes are not extinction-corrected (e.g. ``sdss_kcorrect``); without it they are used
-            as given, with a warning.
+        extinction: for array input when the description's fluxes are not extinction-corrected, as
+            its ``extinction.kind`` says: A [mag] per band (``sdss_kcorrect``), transmissions per band
+            (``legacysurveys_*``), or E(B-V) per row (``lsst``); shapes (n_bands,) / (n_rows, n_bands),
+            or a number / (n_rows,) for E(B-V). Without it the fluxes are used as given, with a warning.
         ids: one id per row (array input; default the row number).
         n_samples: posterior draws per galaxy (default 10,000, as ``sedflow infer``).
         keep_samples: draws per galaxy returned in ``samples`` (default all ``n_samples``;

@@ -96,6 +96,8 @@ def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray
                 bad |= frame["flag_bad_input"].to_numpy(dtype=bool)
         else:                               # asinh: f <= 0 is a measurement; enough bands must remain
             bad |= (len(post.bands) - missing.sum(axis=1)) < MIN_VALID_BANDS
+            if not post.config.get("missing_fraction"):     # never trained with a band missing
+                bad |= missing.any(axis=1)
     flags = {"flag_bad_input": bad,
              "flag_quality": frame["flag_quality"].to_numpy(dtype=bool) if "flag_quality" in frame
              else np.zeros(len(frame), bool),
@@ -184,7 +186,8 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     cols.update(summ)
     cols.update(flags)
     cols["method"] = method
-    id_type = pa.string() if frame["id"].dtype == object else pa.int64()
+    ids = frame["id"]
+    id_type = pa.string() if ids.dtype == object or pd.api.types.is_string_dtype(ids) else pa.int64()
     schema = output_schema(id_type, 0 if return_draws else keep_samples, mcmc=fallback == "mcmc")
     if fallback == "mcmc":
         cols["mcmc_converged"] = converged

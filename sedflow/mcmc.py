@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sedflow.posterior import MIN_VALID_BANDS
 from sedflow.prior import PARAM_NAMES, Prior
 from sedflow.storage import write_parquet
 
@@ -87,7 +88,6 @@ __all__ = ["McmcResult", "run_mcmc", "log_likelihood", "split_rhat", "write_samp
            "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
 
 PAPER_WALKERS = 30       # [paper] Sec. 5 / PROVABGS
-MIN_MEASURED_BANDS = 3   # fewer measured bands than this: no MCMC
 PAPER_STEPS = 10_000
 PAPER_BURN_IN = 2_000
 STRAGGLER_IQR = 3.0       # walkers below Q1 - 3 IQR of the ensemble's mean log posterior are moved
@@ -298,8 +298,8 @@ def _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, 
     # likelihood: its error becomes infinite. Fluxes <= 0 with an error are measurements.
     with np.errstate(invalid="ignore"):
         measured = np.isfinite(flux) & np.isfinite(flux_err) & (flux_err > 0)
-    if measured.sum() < MIN_MEASURED_BANDS:
-        raise ValueError(f"need >= {MIN_MEASURED_BANDS} bands with a finite flux and an error > 0, got "
+    if measured.sum() < MIN_VALID_BANDS:
+        raise ValueError(f"need >= {MIN_VALID_BANDS} bands with a finite flux and an error > 0, got "
                          f"flux {flux.tolist()}, flux_err {flux_err.tolist()}")
     flux, flux_err = np.where(measured, flux, 0.0), np.where(measured, flux_err, np.inf)
     try:

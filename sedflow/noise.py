@@ -89,13 +89,16 @@ class NoiseModel:
         valid = np.all(raw > 0, axis=1)
         return np.sqrt(raw**2 + self.floors**2), valid
 
+    def faint_mag_err(self) -> np.ndarray:
+        """Per band, the median sigma_mag (floors included) at the faintest fitted magnitude bin."""
+        mu, _ = self.mu_s(np.array([[c[-1] for c in self.mag_centres]]))
+        return np.sqrt(mu[0] ** 2 + self.floors**2)
+
     def faint_flux_error(self) -> np.ndarray:
         """Per band, the median 1-sigma flux error [nanomaggies] at the faintest fitted magnitude bin
-        (floors included): the noise level that sets asinh magnitudes' softening."""
+        (floors included): the sky-noise level of the catalog, which sets asinh magnitudes' softening."""
         mag = np.array([c[-1] for c in self.mag_centres])
-        mu, _ = self.mu_s(mag[None, :])
-        sigma_mag = np.sqrt(mu[0] ** 2 + self.floors**2)
-        return sigma_mag * 10.0 ** (-0.4 * (mag - 22.5)) / MAG_ERR_PER_FRAC
+        return self.faint_mag_err() * 10.0 ** (-0.4 * (mag - 22.5)) / MAG_ERR_PER_FRAC
 
     def sigma_threshold(self, mag, k: float = 3.0) -> np.ndarray:
         """mu + k s with the floors added: catalog sigma above it is outside the noise model."""

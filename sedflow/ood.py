@@ -46,9 +46,13 @@ def fit_thresholds(features: np.ndarray, x_mean, x_std, bands, bin_width: float 
             if e.size >= min_count:
                 centres.append(0.5 * (edges[k] + edges[k + 1]))
                 p999.append(float(np.percentile(e, 99.9)))
+        if not centres:                     # too few rows for any bin: one threshold for all magnitudes
+            if e_all.size == 0:
+                raise ValueError(f"band {b}: no training row measures it; cannot set its OOD threshold")
+            centres, p999 = [float(np.median(m))], [float(np.percentile(e_all, 99.9))]
         sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999}
     f = _standardised(features, x_mean, x_std, layout)
-    prec = np.linalg.inv(np.cov(f, rowvar=False))
+    prec = np.linalg.pinv(np.cov(f, rowvar=False))     # pinv: a constant column (no masks) has no variance
     d2 = np.einsum("ij,jk,ik->i", f, prec, f)
     return {"sigma_mag_p99p9": sigma,
             "colour_percentiles_0p1_99p9": {c: np.nanpercentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist()

@@ -1,10 +1,11 @@
 """The amortized posterior q(theta | x): density estimators, the model artifact, sampling.
 
 The flow models the 11-dim unconstrained coordinates u of `Prior` (so every sample maps
-back inside the prior), standardised, conditioned on x = (mag_b for each band, mag_err_b for
-each band, z) -- `x_names(bands)`, built from fluxes by `observables` -- with log10 of the
-magnitude errors (they span three decades) and standardised (Hahn & Melchior 2022, Sec. 2.1
-and 3.3). The bands and their filters come from the artifact: any survey's. Estimators come from sbi's factory
+back inside the prior), standardised, conditioned on x built from fluxes, errors and z by the
+artifact's `InputLayout`: SEDflow's (mag_b, mag_err_b for each band, z; Hahn & Melchior 2022,
+Sec. 2.1 and 3.3), or asinh magnitudes with missing-band flags for non-detections and missing
+bands; the network sees log10 of the errors (they span three decades), standardised. The bands
+and their filters come from the artifact: any survey's. Estimators come from sbi's factory
 `sbi.neural_nets.posterior_nn`; no flow layer is written here.
 
 Architectures (`ARCHITECTURES`):
@@ -204,7 +205,7 @@ def observables(flux, err, z) -> np.ndarray:
     return InputLayout(tuple(range(np.atleast_2d(flux).shape[1]))).observables(flux, err, z)
 
 
-def build_estimator(arch: str | dict, n_x: int = 2 * len(BANDS) + 1):
+def build_estimator(arch: str | dict, n_x: int):
     """A fresh (untrained) sbi density estimator for 11-dim u given ``n_x``-dim x.
 
     Standardisation is done outside the network (stored in the artifact), so sbi's
@@ -327,12 +328,12 @@ def save_model(path, net, config: dict) -> Path:
     """Write an artifact directory (weights + JSON config with the weights' sha256), atomically per file."""
     from safetensors.torch import save_file
 
+    if "bands" not in config or "filters" not in config or len(config["bands"]) != len(config["filters"]):
+        raise ValueError("a model config names its bands and, one each, their filters")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_write(path / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
-    if "bands" not in config or "filters" not in config or len(config["bands"]) != len(config["filters"]):
-        raise ValueError("a model config names its bands and, one each, their filters")
     layout = InputLayout.from_dict(config.get("x_layout"), config["bands"])
     config = {**config, "format_version": FORMAT_VERSION, "kind": "sedflow.posterior", "x_layout": layout.to_dict(),
               "x_names": list(layout.names), "theta_names": list(PARAM_NAMES),

@@ -6,7 +6,8 @@ noiseless fluxes through the noise model's filters (the catalog it was fitted to
 the redshift range, sigma_mag from the empirical noise model at the
 noiseless magnitude, flux noise n ~ N(0, sigma_f), then the paper's cuts: simulations whose
 sigma draw is <= 0 in any band, and those whose noisy flux falls outside the reference
-catalog's flux range in any band, are removed (and counted). z is drawn on (0, 0.2] by
+catalog's flux range in any band (with ``min_detected=k``: in fewer than k bands, or above it in
+any), are removed (and counted). z is drawn on (0, 0.2] by
 default; draws near z = 0 are far brighter than any catalog galaxy and fall to the
 flux-range cut.
 
@@ -134,7 +135,7 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
         if not 1 <= min_detected <= len(noise.bands):
             raise ValueError(f"min_detected must be in 1..{len(noise.bands)}, got {min_detected}")
         faint_err = noise.faint_flux_error()                 # sky-limited flux error per band
-        faint_sigma_mag = np.sqrt(np.array([m[-1] for m in noise.median]) ** 2 + noise.floors**2)
+        faint_sigma_mag = noise.faint_mag_err()
     if noise_envelope is not None and not 0 < noise_envelope[0] <= noise_envelope[1]:
         raise ValueError(f"noise_envelope must be (lo, hi) with 0 < lo <= hi, got {noise_envelope}")
     parts, counts, kept = [], _Counts(), 0

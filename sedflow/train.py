@@ -129,7 +129,8 @@ def _statistics(shards, seed: int, val_fraction: float, layout: InputLayout, mis
             keep = [np.concatenate(keep)[::2]]
             total = len(keep[0])
     sub = np.concatenate(keep)
-    x_mean, x_std = sx / nx, np.sqrt(np.maximum(sx2 / nx - (sx / nx) ** 2, 1e-24))
+    x_mean, x_std = sx / nx, np.sqrt(np.maximum(sx2 / nx - (sx / nx) ** 2, 0.0))
+    x_std[x_std < 1e-6] = 1.0          # a constant feature (e.g. missing flags never set) is only centred
     u_mean, u_std = su / n, np.sqrt(np.maximum(su2 / n - (su / n) ** 2, 1e-24))
     return {
         "rows_train": int(n),
@@ -267,7 +268,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     ``inputs``: the x layout (`sedflow.posterior.InputLayout`): ``"mag"`` (SEDflow's log magnitudes)
     or ``"asinh"`` (asinh magnitudes softened from the noise model, with missing-band flags: models
     that take non-detections and galaxies with missing bands). ``missing_fraction``: share of the
-    training rows that lose 1-2 random bands (asinh only; default 0.2).
+    training rows that lose 1-2 random bands (asinh only; default 0.2, 0 with 3 bands or fewer). The
+    masks are drawn once per row (seeded by the split seed and shard), not anew each epoch.
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
     """
@@ -288,12 +290,12 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     out.mkdir(parents=True, exist_ok=True)
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
-    if missing_fraction is None:
-        missing_fraction = 0.2 if inputs == "asinh" else 0.0
-    if missing_fraction and inputs != "asinh":
-        raise ValueError("missing bands need inputs='asinh' (the log-magnitude layout has no missing flags)")
     shards, manifest, fingerprint = training_data(data_dir)
     bands, filters = simulation_bands(manifest)
+    if missing_fraction is None:   # band masks need bands to spare: a galaxy keeps MIN_VALID_BANDS
+        missing_fraction = 0.2 if inputs == "asinh" and len(bands) > MIN_VALID_BANDS else 0.0
+    if missing_fraction and inputs != "asinh":
+        raise ValueError("missing bands need inputs='asinh' (the log-magnitude layout has no missing flags)")
     layout = input_layout(manifest, inputs)
     if layout.kind == "mag" and (manifest.get("config") or {}).get("min_detected") is not None:
         raise ValueError("these simulations reach non-detections (min_detected), which log magnitudes cannot "

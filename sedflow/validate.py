@@ -182,11 +182,15 @@ def _plot_overlay(post, sed, sims, keep, path):
 
 def _real_data(post, sed, catalog, spec, n_samples, seed):
     from sedflow.catalog import CatalogSpec, read_catalog
-    from sedflow.infer import COUNTED, galaxy_checks
+    from sedflow.infer import COUNTED, check_filters, galaxy_checks
 
-    frame, _ = read_catalog(catalog, CatalogSpec.load(spec))
+    spec = CatalogSpec.load(spec)
+    check_filters(post, spec.bands, spec.filters, f"the description {spec.name!r}")
+    frame, _ = read_catalog(catalog, spec)
     x, flags = galaxy_checks(frame, post)
     good = ~flags["flag_bad_input"]
+    if not good.any():
+        raise ValueError(f"{catalog}: no row of the catalog is usable by the model (all flagged bad input)")
     theta = post.sample(x[good], n_samples, seed=seed)
     flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy()[good]
     err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy()[good]

@@ -109,3 +109,22 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_string_ids_and_other_extinction_kinds(sdss_rows):
+    """String ids survive into the summary; array input follows the description's extinction kind
+    (transmissions for the Legacy Surveys, E(B-V) for LSST)."""
+    a = _raw_arrays(sdss_rows[:3])
+    res = sedflow.fit(**a, spec="sdss_kcorrect", n_samples=20, keep_samples=0, ids=["gal-a", "gal-b", "gal-c"])
+    assert list(res.summary["id"]) == ["gal-a", "gal-b", "gal-c"]
+    from sedflow.catalog import standard_form
+    from sedflow.fitting import _array_columns
+    from sedflow.catalog import CatalogSpec
+
+    for name, extinction, factor in (("legacysurveys_south", [0.8] * 5, 1 / 0.8), ("lsst", 0.0, 1.0)):
+        spec = CatalogSpec.load(name)
+        nb = len(spec.bands)
+        cols, as_arrays = _array_columns(spec, np.full(nb, 10.0), np.ones(nb), 0.1, extinction, None)
+        frame, _ = standard_form(cols, as_arrays)
+        unit = 1.0 if name != "lsst" else 1 / 3631.0          # lsst fluxes are nJy
+        np.testing.assert_allclose(frame[[f"flux_{b}" for b in spec.bands]].to_numpy(), 10 * unit * factor, rtol=1e-9)

@@ -235,3 +235,22 @@ def test_an_artifact_is_inferred_and_validated_with_its_own_sed_model(non_defaul
     m = validate(tmp_path / "report", model_path=model_dir, n_test=100, n_samples=50, n_mcmc=0)
     assert set(m["calibration"]["parameters"]) == set(PARAM_NAMES)
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_magnitude_sentinels_partial_floors_and_redshifts_below_the_grid(tmp_path):
+    from sedflow.catalog import to_nanomaggies
+
+    flux, sigma = to_nanomaggies(np.array([20.0, 99.0, -99.0, np.nan]), "mag", np.full(4, 0.1))
+    assert np.isfinite(flux[0]) and np.isnan(flux[1:]).all()              # 99 / -99 sentinels: no measurement
+    spec = CatalogSpec.from_dict({"name": "p", "redshift": "z", "bands": ["g", "r"],
+                                  "filters": ["sdss2010-g", "sdss2010-r"],
+                                  "flux": {"columns": ["fg", "fr"], "units": "nanomaggies"},
+                                  "flux_error": {"columns": ["eg", "er"], "kind": "sigma"},
+                                  "mag_err_floor": {"g": 0.05}})          # r has none: no floor
+    pd.DataFrame({"z": [0.1], "fg": [100.0], "fr": [100.0], "eg": [1.0], "er": [1.0]}).to_csv(tmp_path / "p.csv")
+    frame, _ = read_catalog(tmp_path / "p.csv", spec)
+    assert frame["flux_err_r"][0] == 1.0 and frame["flux_err_g"][0] > 1.0
+    model = SEDModel(filters=["sdss2010-r", "wise2010-W2"], z_min=0.1, z_max=0.2)
+    with pytest.raises(ValueError, match="outside"):                     # below z_min W2 leaves the grid
+        model.photometry(Prior().sample(2, seed=0), 0.02)
+

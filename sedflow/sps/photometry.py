@@ -134,7 +134,7 @@ class Photometry:
             supported = lo * (1 + z_max) / self.wave[0] - 1.0
             raise ValueError(f"z_max={z_max} needs rest-frame coverage to {lo:.0f} A; "
                              f"the grid starts at {self.wave[0]:.0f} A (supports z <= {supported:.3f})")
-        self.z_max = float(z_max)
+        self.z_max, self.z_min = float(z_max), float(z_min)
         self.z_grid = np.arange(0.0, z_max + dz, dz)
         self.z_grid[-1] = max(self.z_grid[-1], z_max)
 
@@ -176,9 +176,9 @@ class Photometry:
             z = np.full(n, float(z))
         if z.shape != (n,):
             raise ValueError(f"z must be a scalar or have shape ({n},), got {z.shape}")
-        bad = ~np.isfinite(z) | (z <= 0) | (z > self.z_max)
-        if bad.any():
-            raise ValueError(f"{bad.sum()} redshifts are NaN/inf or outside (0, {self.z_max}] "
+        bad = ~np.isfinite(z) | (z <= 0) | (z < self.z_min) | (z > self.z_max)
+        if bad.any():      # below z_min the red filters would reach past the rest-frame grid
+            raise ValueError(f"{bad.sum()} redshifts are NaN/inf or outside ({self.z_min:g}, {self.z_max}] "
                              f"(rows {np.flatnonzero(bad)[:10].tolist()}); fluxes diverge as z -> 0")
         return z
 
