@@ -15,6 +15,7 @@ Architectures (`ARCHITECTURES`):
 * ``coupling`` (default): zuko MAF with ``passes=2``, i.e. an affine coupling flow, 5
   transforms, 2 hidden layers of 64 units: sampling is one network pass instead of 11
   sequential ones (see MODEL_CARD.md for the measured comparison).
+* ``spline``: the same coupling structure with rational-quadratic spline transforms (zuko NSF).
 
 The artifact is a directory with ``weights.safetensors`` and ``config.json`` (architecture,
 x/theta definitions, standardisation, prior, noise model, training-data fingerprint,
@@ -51,6 +52,9 @@ FORMAT_VERSION = 2     # 2: bands and filters recorded, x of any number of bands
 ARCHITECTURES = {
     "paper": {"model": "maf", "hidden_features": 500, "num_transforms": 15},
     "coupling": {"model": "zuko_maf", "hidden_features": [64, 64], "num_transforms": 5, "passes": 2},
+    # rational-quadratic spline coupling (NSF, Durkan et al. 2019, arXiv:1906.04032): a candidate for the
+    # next shipped model (`python -m bench --only architectures` compares it with `coupling`)
+    "spline": {"model": "zuko_nsf", "hidden_features": [64, 64], "num_transforms": 5, "passes": 2},
 }
 DEFAULT_ARCH = "coupling"
 DEFAULT_MODEL = "sdss"        # the shipped SDSS ugriz spectroscopic-redshift model (MODEL_CARD.md)
