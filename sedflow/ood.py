@@ -27,10 +27,12 @@ def colour_names(bands) -> tuple:
     return tuple(f"{a}-{b}" for a, b in zip(bands[:-1], bands[1:]))
 
 
-def fit_thresholds(features: np.ndarray, x_mean, x_std, bands, bin_width: float = 0.25,
-                   min_count: int = 100, layout=None) -> dict:
+def fit_thresholds(features: np.ndarray, x_mean, x_std, layout, bin_width: float = 0.25,
+                   min_count: int = 100) -> dict:
     """Thresholds from training x features (`sedflow.posterior.InputLayout.features`: log10 mag errors;
-    NaN where a band is missing) of ``bands``; ``x_mean``, ``x_std`` their standardisation."""
+    NaN where a band is missing) in the `InputLayout` ``layout``; ``x_mean``, ``x_std`` their
+    standardisation."""
+    bands = layout.bands
     nb = len(bands)
     mags, log_err = features[:, :nb], features[:, nb:2 * nb]
     sigma = {}
@@ -51,7 +53,7 @@ def fit_thresholds(features: np.ndarray, x_mean, x_std, bands, bin_width: float 
                 raise ValueError(f"band {b}: no training row measures it; cannot set its OOD threshold")
             centres, p999 = [float(np.median(m))], [float(np.percentile(e_all, 99.9))]
         sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999}
-    f = _standardised(features, x_mean, x_std, layout)
+    f = layout.standardise(features, np.asarray(x_mean), np.asarray(x_std))
     prec = np.linalg.pinv(np.cov(f, rowvar=False))     # pinv: a constant column (no masks) has no variance
     d2 = np.einsum("ij,jk,ik->i", f, prec, f)
     return {"sigma_mag_p99p9": sigma,
@@ -60,12 +62,6 @@ def fit_thresholds(features: np.ndarray, x_mean, x_std, bands, bin_width: float 
             "z_range": [float(features[:, 2 * nb].min()), float(features[:, 2 * nb].max())],
             "mahalanobis_precision": prec.tolist(),
             "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
-
-
-def _standardised(features, x_mean, x_std, layout):
-    if layout is None:
-        return (features - x_mean) / x_std
-    return layout.standardise(features, np.asarray(x_mean), np.asarray(x_std))
 
 
 def flags(x: np.ndarray, good: np.ndarray, post) -> dict:

@@ -45,7 +45,7 @@ from sedflow.sps.photometry import BANDS, SDSS_FILTERS, nanomaggies_to_mag
 from sedflow.storage import atomic_write, file_sha256, write_json
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "FORMAT_VERSION", "DEFAULT_MODEL", "InputLayout", "build_estimator",
-           "x_names", "observables", "PosteriorModel", "load_model", "save_model", "ArtifactError", "model_path",
+           "x_names", "PosteriorModel", "load_model", "save_model", "ArtifactError", "model_path",
            "shipped_models", "default_model_path"]
 
 FORMAT_VERSION = 2     # 2: bands and filters recorded, x of any number of bands; 1 (SDSS ugriz) still loads
@@ -202,11 +202,6 @@ class InputLayout:
 def x_names(bands) -> tuple:
     """The log-magnitude layout's x columns for ``bands`` (`InputLayout`)."""
     return InputLayout(bands).names
-
-
-def observables(flux, err, z) -> np.ndarray:
-    """x in the log-magnitude layout (`InputLayout.observables`), the number of bands from ``flux``."""
-    return InputLayout(tuple(range(np.atleast_2d(flux).shape[1]))).observables(flux, err, z)
 
 
 def build_estimator(arch: str | dict, n_x: int):

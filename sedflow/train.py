@@ -136,7 +136,7 @@ def _statistics(shards, seed: int, val_fraction: float, layout: InputLayout, mis
         "rows_train": int(n),
         "standardization": {"x_mean": x_mean.tolist(), "x_std": x_std.tolist(),
                             "u_mean": u_mean.tolist(), "u_std": u_std.tolist()},
-        "ood": fit_thresholds(sub, x_mean, x_std, layout.bands, layout=layout),
+        "ood": fit_thresholds(sub, x_mean, x_std, layout),
     }
 
 
