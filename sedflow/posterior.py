@@ -16,6 +16,9 @@ Architectures (`ARCHITECTURES`):
   transforms, 2 hidden layers of 64 units: sampling is one network pass instead of 11
   sequential ones (see MODEL_CARD.md for the measured comparison).
 * ``spline``: the same coupling structure with rational-quadratic spline transforms (zuko NSF).
+* ``realnvp``: zuko's affine coupling transform (RealNVP), 5 transforms, 2 hidden layers of 160
+  units, with each transform's context term computed once per galaxy (`sedflow.flows`):
+  one network pass per transform when sampling, not two as ``coupling``.
 
 The artifact is a directory with ``weights.safetensors`` and ``config.json`` (architecture,
 x/theta definitions, standardisation, prior, noise model, training-data fingerprint,
@@ -55,7 +58,9 @@ ARCHITECTURES = {
     # rational-quadratic spline coupling (NSF, Durkan et al. 2019, arXiv:1906.04032): a candidate for the
     # next shipped model (`python -m bench --only architectures` compares it with `coupling`)
     "spline": {"model": "zuko_nsf", "hidden_features": [64, 64], "num_transforms": 5, "passes": 2},
+    "realnvp": {"model": "sedflow_realnvp", "hidden_features": [160, 160], "num_transforms": 5},
 }
+BUILDERS = {"sedflow_realnvp": "sedflow.flows.realnvp"}      # other models: sbi.neural_nets.posterior_nn
 DEFAULT_ARCH = "coupling"
 DEFAULT_MODEL = "sdss"        # the shipped SDSS ugriz spectroscopic-redshift model (MODEL_CARD.md)
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
@@ -205,7 +210,8 @@ def x_names(bands) -> tuple:
 
 
 def build_estimator(arch: str | dict, n_x: int):
-    """A fresh (untrained) sbi density estimator for 11-dim u given ``n_x``-dim x.
+    """A fresh (untrained) sbi density estimator for 11-dim u given ``n_x``-dim x (`BUILDERS`
+    names the function that builds each model).
 
     Standardisation is done outside the network (stored in the artifact), so sbi's
     z-scoring is off and the network is fully determined by the architecture.
@@ -216,6 +222,10 @@ def build_estimator(arch: str | dict, n_x: int):
     from sbi.neural_nets import posterior_nn
 
     kwargs = dict(ARCHITECTURES[arch]) if isinstance(arch, str) else dict(arch)
+    if kwargs["model"] == "sedflow_realnvp":
+        from sedflow.flows import realnvp
+
+        return realnvp(len(UNCONSTRAINED_NAMES), n_x, kwargs["hidden_features"], kwargs["num_transforms"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unknown kwargs passed to ConditionalFlowConfig")
         builder = posterior_nn(z_score_theta="none", z_score_x="none", **kwargs)

@@ -8,7 +8,9 @@ Ray when no address is given). Each worker reads only its own rows (row index mo
 number of workers), shard by shard, so the data never has to fit one worker.
 
 Adam, lr 5e-4, batch 2048 by default, the lr halved whenever the validation loss has not
-improved for ``lr_patience`` (5) epochs (torch's ReduceLROnPlateau; 0 keeps it constant); the
+improved for ``lr_patience`` (5) epochs (torch's ReduceLROnPlateau; 0 keeps it constant), or,
+with ``lr_schedule="cosine"``, annealed from lr to 0 over ``max_epochs`` (Loshchilov & Hutter
+2017, arXiv:1608.03983; torch's CosineAnnealingLR: a fixed budget ends converged); the
 loss is the negative log density of the standardised unconstrained parameters; early stopping
 when the validation loss has not improved for ``patience`` (20) epochs, keeping the best
 epoch. A checkpoint is reported to Ray Train every epoch; rerunning the same command resumes
@@ -28,13 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from sedflow.ood import fit_thresholds
-from sedflow.posterior import MIN_VALID_BANDS, ARCHITECTURES, DEFAULT_ARCH, InputLayout, build_estimator, save_model
+from sedflow.posterior import (MIN_VALID_BANDS, ARCHITECTURES, BUILDERS, DEFAULT_ARCH, InputLayout, build_estimator,
+                               save_model)
 from sedflow.prior import UNCONSTRAINED_NAMES
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
-__all__ = ["train", "training_data", "simulation_bands", "input_layout", "INPUTS"]
+__all__ = ["train", "training_data", "simulation_bands", "input_layout", "INPUTS", "LR_SCHEDULES"]
 
 INPUTS = ("mag", "asinh")
+LR_SCHEDULES = ("plateau", "cosine")
 ASINH_SOFTENING_PER_SIGMA = 1.042   # Lupton et al. (1999): the softening that minimises the error at low S/N
 
 
@@ -186,9 +190,13 @@ def _train_loop(cfg: dict) -> None:
     net = build_estimator(cfg["arch_kwargs"], n_x=len(layout.names))
     model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    # lr x 1/2 after lr_patience epochs without a better validation loss (0: constant lr)
-    sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg["lr_patience"], threshold=0.0)
-             if cfg["lr_patience"] else None)
+    # plateau: lr x 1/2 after lr_patience epochs without a better validation loss (0: constant lr);
+    # cosine: lr -> 0 over max_epochs
+    if cfg["lr_schedule"] == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["max_epochs"])
+    else:
+        sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=cfg["lr_patience"],
+                                                            threshold=0.0) if cfg["lr_patience"] else None)
     state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "history": [], "best_net": None}
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -199,7 +207,8 @@ def _train_loop(cfg: dict) -> None:
         state = {k: saved[k] for k in state}
         if sched is not None and "scheduler" in saved:
             sched.load_state_dict(saved["scheduler"])
-        elif sched is not None:       # a run begun at a constant lr: the schedule starts from its best epoch
+        elif sched is not None and cfg["lr_schedule"] == "plateau":
+            # a run begun at a constant lr: the schedule starts from its best epoch
             sched.best, sched.num_bad_epochs = state["best_val"], state["epoch"] - state["best_epoch"]
 
     def all_reduce(values, op):
@@ -235,8 +244,10 @@ def _train_loop(cfg: dict) -> None:
                                                 if world > 1 else None)
         metrics = {"epoch": epoch, "train_loss": train_loss / world, "val_loss": val_sum / max(val_n, 1),
                    "epoch_seconds": time.perf_counter() - t0, "workers": world, "lr": opt.param_groups[0]["lr"]}
-        if sched is not None:
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(metrics["val_loss"])
+        elif sched is not None:
+            sched.step()
         state["epoch"] = epoch
         state["history"].append(metrics)
         if metrics["val_loss"] < state["best_val"]:
@@ -261,7 +272,8 @@ def _train_loop(cfg: dict) -> None:
 # ---------------------------------------------------------------------- driver
 def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_size: int = 2048,
           max_epochs: int = 500, lr: float = 5e-4, patience: int = 20, seed: int = 0,
-          val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5, inputs: str = "mag",
+          val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5, lr_schedule: str = "plateau",
+          inputs: str = "mag",
           missing_fraction: float | None = None) -> dict:
     """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
 
@@ -286,6 +298,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError("workers, batch_size and max_epochs must be >= 1")
     if lr_patience < 0:
         raise ValueError(f"lr_patience must be >= 0 (0: constant lr), got {lr_patience}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if inputs not in INPUTS:
@@ -321,7 +335,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                "bands": list(bands), "x_layout": layout.to_dict(), "missing_fraction": missing_fraction,
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
-               "lr_patience": lr_patience, "threads_per_worker": max(1, cpus // workers)}
+               "lr_patience": lr_patience, "lr_schedule": lr_schedule, "threads_per_worker": max(1, cpus // workers)}
         trainer = TorchTrainer(
             _train_loop, train_loop_config=cfg,
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
@@ -345,8 +359,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     history = state["history"]
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
     config = {
-        "architecture": {"name": arch, "builder": "sbi.neural_nets.posterior_nn", "kwargs": ARCHITECTURES[arch],
-                         "parameters": n_params},
+        "architecture": {"name": arch, "kwargs": ARCHITECTURES[arch], "parameters": n_params,
+                         "builder": BUILDERS.get(ARCHITECTURES[arch]["model"], "sbi.neural_nets.posterior_nn")},
         "bands": list(bands),
         "filters": list(filters),
         "x_layout": layout.to_dict(),
@@ -367,7 +381,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         "training_data": {**fingerprint, "rows_train": stats["rows_train"], "val_fraction": val_fraction,
                           "split_seed": seed},
         "training": {"optimizer": "Adam", "lr": lr, "lr_patience": lr_patience,
-                     "lr_schedule": "ReduceLROnPlateau(factor=0.5, patience=lr_patience)" if lr_patience else "constant",
+                     "lr_schedule": ("CosineAnnealingLR(T_max=max_epochs)" if lr_schedule == "cosine" else
+                                     "ReduceLROnPlateau(factor=0.5, patience=lr_patience)" if lr_patience else "constant"),
                      "batch_size": batch_size, "workers": workers,
                      "max_epochs": max_epochs, "patience": patience, "epochs": state["epoch"],
                      "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"],
