@@ -84,7 +84,8 @@ from sedflow.storage import write_parquet
 if TYPE_CHECKING:
     from sedflow.sps.model import SEDModel
 
-__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "split_rhat", "write_samples", "read_samples",
+__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "check_measurements", "check_prior", "split_rhat",
+           "write_samples", "read_samples",
            "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
 
 PAPER_WALKERS = 30       # [paper] Sec. 5 / PROVABGS
@@ -287,15 +288,17 @@ def _move_stragglers(X: np.ndarray, bad: np.ndarray, rng) -> np.ndarray:
 # input checks
 # ----------------------------------------------------------------------------------------------
 
-def _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, thin, tau_factor, rhat_max):
+def check_measurements(model, flux, flux_err, z):
+    """(flux, flux_err, z) for the likelihood of one galaxy, checked: a band without a measurement
+    (NaN flux, non-finite or non-positive error) drops out (its error becomes infinite, its flux
+    0); fluxes <= 0 with an error are measurements; >= `MIN_VALID_BANDS` must remain and z must
+    lie in the model's range."""
     nb = len(model.band_names)
     flux = np.asarray(flux, dtype=float)
     flux_err = np.asarray(flux_err, dtype=float)
     for name, a in (("flux", flux), ("flux_err", flux_err)):
         if a.shape != (nb,):
             raise ValueError(f"{name} must have shape ({nb},) (bands {', '.join(model.band_names)}), got {a.shape}")
-    # a band without a measurement (NaN flux, non-finite or non-positive error) drops out of the
-    # likelihood: its error becomes infinite. Fluxes <= 0 with an error are measurements.
     with np.errstate(invalid="ignore"):
         measured = np.isfinite(flux) & np.isfinite(flux_err) & (flux_err > 0)
     if measured.sum() < MIN_VALID_BANDS:
@@ -308,6 +311,20 @@ def _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, 
         raise ValueError(f"z must be a number, got {z!r}") from None
     if not (np.isfinite(z) and 0 < z <= model.phot.z_max):
         raise ValueError(f"z must lie in the model's range (0, {model.phot.z_max}], got {z}")
+    return flux, flux_err, z
+
+
+def check_prior(model, prior):
+    """Refuse a prior that reaches outside the SED model's."""
+    if prior != model.prior:
+        for k, (lo, hi) in prior.bounds.items():
+            mlo, mhi = model.prior.bounds[k]
+            if lo < mlo or hi > mhi:
+                raise ValueError(f"prior bounds for {k} {(lo, hi)} reach outside the model's prior {(mlo, mhi)}")
+
+
+def _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, thin, tau_factor, rhat_max):
+    flux, flux_err, z = check_measurements(model, flux, flux_err, z)
     ints = {"n_walkers": n_walkers, "n_steps": n_steps, "burn_in": burn_in, "thin": thin}
     for name, v in ints.items():
         try:
@@ -325,11 +342,7 @@ def _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, 
         raise ValueError(f"n_steps ({n_steps}) must exceed burn_in ({burn_in}) by at least 4 iterations")
     if not (tau_factor > 0 and rhat_max > 1):
         raise ValueError(f"need tau_factor > 0 and rhat_max > 1, got {tau_factor}, {rhat_max}")
-    if prior != model.prior:
-        for k, (lo, hi) in prior.bounds.items():
-            mlo, mhi = model.prior.bounds[k]
-            if lo < mlo or hi > mhi:
-                raise ValueError(f"prior bounds for {k} {(lo, hi)} reach outside the model's prior {(mlo, mhi)}")
+    check_prior(model, prior)
     return flux, flux_err, z
 
 

@@ -220,6 +220,14 @@ class Prior:
         box = np.clip(self._lo + expit(u) * (self._hi - self._lo), self._lo, self._hi)
         return self._from_box(box)
 
+    def from_unit_cube(self, s) -> np.ndarray:
+        """Map s (n, 11) in [0, 1]^11, uniform, to theta (n, 12) distributed as the prior (the prior
+        transform of nested samplers: the box coordinates are uniform under the prior)."""
+        s = np.asarray(s, dtype=float)
+        if s.ndim != 2 or s.shape[1] != self.ndim_unconstrained:
+            raise ValueError(f"s must have shape (n, {self.ndim_unconstrained}), got {s.shape}")
+        return self._from_box(np.clip(self._lo + s * (self._hi - self._lo), self._lo, self._hi))
+
     def log_abs_det_jacobian(self, theta) -> np.ndarray:
         """log |det du/dtheta| over the 11 free coordinates, shape (n,).
 
