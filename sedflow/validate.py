@@ -6,9 +6,12 @@
    prior, SED model and noise model; a fresh seed): SBC rank histograms, p-p plot, coverage
    and TARP (`sedflow.diagnostics`), with the acceptance thresholds of the project (every
    parameter SBC KS p > 0.01, max p-p deviation < 0.05).
-2. ANPE vs MCMC (zeus, same forward model and prior) on ``n_mcmc`` of those galaxies:
-   per-parameter |difference of medians| / MCMC sigma, ratio of widths, wall times, and a
-   corner overlay with photometry and both best-fit SEDs (paper Fig. 2).
+2. ANPE vs a reference sampler (same forward model and prior) on ``n_mcmc`` of those galaxies,
+   at least a fifth of them (10 of 50) with a non-detection or a missing band when the model
+   was trained on such galaxies: per-parameter |difference of medians| / reference sigma, ratio
+   of widths, wall times, convergence, and a corner overlay with photometry and both best-fit
+   SEDs (paper Fig. 2). The reference is nautilus nested sampling (`sedflow.nested`, converges
+   here) or the paper's zeus MCMC (`sedflow.mcmc`, does not at the paper's chain length).
 3. Real data (NSA rows of ``../shared/data/nsa_lcs`` or ``catalog``): flagged fractions by
    reason and the chi^2 of the best-fit SED per galaxy (paper Sec. 6.1).
 """
@@ -27,7 +30,7 @@ from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES
 
-__all__ = ["held_out_simulations", "validate", "THRESHOLDS"]
+__all__ = ["held_out_simulations", "reference_galaxies", "width_comparison", "validate", "THRESHOLDS", "REFERENCES"]
 
 THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
 
@@ -67,33 +70,53 @@ def held_out_simulations(post, sed, n: int, seed: int) -> dict:
             "flux": flux, "flux_err": flux_err, "z": cols["z"]}
 
 
-def _mcmc_request(sed, prior, sims, i, seed, mcmc_options) -> dict:
-    """What determines galaxy i's chain: its photometry, z, seed, the sampler settings, the SED
-    model and the prior (not the flow). JSON-normalised, as it is stored."""
+REFERENCES = ("nautilus", "zeus")
+
+
+def reference_galaxies(sims, n: int) -> np.ndarray:
+    """Indices of the ``n`` held-out galaxies compared with the reference sampler: the first ones,
+    except that at least n // 5 of them (all there are, if fewer) have a non-detection or a
+    missing band, the galaxies the input layout was built for."""
+    is_hard = np.any(~(sims["flux"] > 0), axis=1)            # flux <= 0 or NaN (missing) in some band
+    hard, easy = np.flatnonzero(is_hard), np.flatnonzero(~is_hard)
+    if n > len(is_hard):
+        raise ValueError(f"asked for {n} reference galaxies of {len(is_hard)} held-out simulations")
+    n_hard = max(min(len(hard), max(n // 5, int(is_hard[:n].sum()))), n - len(easy))
+    picked = np.concatenate([hard[:n_hard], easy[:n - n_hard]])
+    return np.sort(picked)
+
+
+def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
+    """What determines galaxy i's chain: its photometry, z, seed, the sampler and its settings,
+    the SED model and the prior (not the flow). JSON-normalised, as it is stored."""
     request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": float(sims["z"][i]),
-               "seed": int(seed + i), "options": dict(sorted((mcmc_options or {}).items())),
+               "seed": int(seed + i), "sampler": reference, "options": dict(sorted((mcmc_options or {}).items())),
                "sed_model": sed.describe(), "prior": prior.to_dict()}
-    return json.loads(json.dumps(request))
+    return json.loads(json.dumps(request, allow_nan=True))
 
 
-def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, address=None) -> list[tuple]:
-    """(samples, summary) of zeus for galaxies 0..n_mcmc-1, read from ``chain_dir`` where a file there
-    was run on the same request; the others run as Ray tasks, one galaxy per CPU (local Ray, or the
-    cluster at ``address``: at paper settings one galaxy takes minutes) and each is written to
-    ``chain_dir`` as it finishes. The chains do not depend on the flow, so an interrupted report
-    resumes, and another model is validated against the same chains."""
+def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address=None) -> list[tuple]:
+    """(samples, summary) of the reference sampler for the held-out ``galaxies``, read from
+    ``chain_dir`` where a file there was run on the same request; the others run as Ray tasks,
+    one galaxy per CPU (local Ray, or the cluster at ``address``: one galaxy takes about a
+    minute) and each is written to ``chain_dir`` as it finishes. The chains do not depend on the
+    flow, so an interrupted report resumes, and another model is validated against the same chains."""
     import ray
     from tqdm.auto import tqdm
 
     from sedflow.mcmc import read_samples, run_mcmc, write_samples
+    from sedflow.nested import run_nested
     from sedflow.ray_utils import ray_session
 
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference sampler {reference!r}; choose from {REFERENCES}")
+    run = {"nautilus": run_nested, "zeus": run_mcmc}[reference]
     chain_dir = Path(chain_dir)
     chain_dir.mkdir(parents=True, exist_ok=True)
-    requests = [_mcmc_request(sed, prior, sims, i, seed, mcmc_options) for i in range(n_mcmc)]
-    paths = [chain_dir / f"galaxy-{i:04d}.parquet" for i in range(n_mcmc)]
+    requests = {i: _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) for i in galaxies}
+    paths = {i: chain_dir / f"galaxy-{i:04d}.parquet" for i in galaxies}
     chains, todo = {}, []
-    for i in range(n_mcmc):
+    for i in galaxies:
         try:
             samples, meta = read_samples(paths[i])
         except (OSError, ValueError):        # absent or unreadable: (re)run it
@@ -104,63 +127,78 @@ def _mcmc_chains(sed, prior, sims, n_mcmc, seed, mcmc_options, chain_dir, addres
             todo.append(i)
     if todo:
         with ray_session(address):
-            task = ray.remote(run_mcmc).options(num_cpus=1)        # one galaxy per CPU
+            task = ray.remote(run).options(num_cpus=1)        # one galaxy per CPU
             sed_ref, prior_ref = ray.put(sed), ray.put(prior)
             refs = {task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed_ref, prior=prior_ref,
                                 seed=seed + i, **(mcmc_options or {})): i for i in todo}
             pending = list(refs)
-            with tqdm(total=n_mcmc, initial=n_mcmc - len(todo), desc="MCMC", unit="galaxy") as bar:
+            with tqdm(total=len(galaxies), initial=len(galaxies) - len(todo), desc=reference, unit="galaxy") as bar:
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
                     i = refs[done[0]]
                     write_samples(ray.get(done[0]), paths[i], extra={"request": requests[i]})
                     chains[i] = read_samples(paths[i])     # as a later report will see it
                     bar.update(1)
-    return [chains[i] for i in range(n_mcmc)]
+    return [chains[i] for i in galaxies]
 
 
-def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out, chain_dir, address=None):
-    """ANPE (drawn here) vs the zeus chains of `_mcmc_chains`, per galaxy and parameter."""
+def _reference_noise(m, meta) -> np.ndarray:
+    """The reference's own noise on its medians, in units of its sigma, per parameter. zeus: the
+    offset between the two halves (in iterations) of the kept chain (samples walker-major; with
+    independent halves the full chain's median scatters by about half of it). nautilus: the
+    standard error of a median from its effective sample size, sqrt(pi / 2) / sqrt(n_eff)."""
+    if meta.get("sampler") == "nautilus":
+        return np.full(m.shape[1], np.sqrt(np.pi / 2) / np.sqrt(max(meta["n_eff"], 1.0)))
+    sig = np.maximum(np.std(m, axis=0), 1e-12)
+    per_walker = m.reshape(meta["n_walkers"], -1, m.shape[1])
+    half = per_walker.shape[1] // 2
+    return np.abs(np.median(per_walker[:, :half].reshape(-1, m.shape[1]), 0)
+                  - np.median(per_walker[:, half:].reshape(-1, m.shape[1]), 0)) / sig
+
+
+def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_options, out, chain_dir, address=None):
+    """ANPE (drawn here) vs the reference samples of `_mcmc_chains`, per galaxy and parameter."""
+    galaxies = reference_galaxies(sims, n_mcmc)
     anpe, t_anpe = [], []
-    for i in range(n_mcmc):
+    for i in galaxies:
         t0 = time.perf_counter()
         anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=seed + i)[0])
         t_anpe.append(time.perf_counter() - t0)
-    chains = _mcmc_chains(sed, post.prior, sims, n_mcmc, seed, mcmc_options, chain_dir, address)
+    chains = _mcmc_chains(sed, post.prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address)
 
     rows = []
-    for a, (m, meta) in zip(anpe, chains):
+    for i, a, (m, meta) in zip(galaxies, anpe, chains):
         sig = np.maximum(np.std(m, axis=0), 1e-12)
-        par = meta["parameters"]
-        # MCMC's own noise: the two halves (in iterations) of the kept chain, compared the same way.
-        # Samples are walker-major (walker 0's iterations first); with independent halves the
-        # full chain's median scatters by about half of this.
-        per_walker = m.reshape(meta["n_walkers"], -1, m.shape[1])
-        half = per_walker.shape[1] // 2
-        split = np.abs(np.median(per_walker[:, :half].reshape(-1, m.shape[1]), 0)
-                       - np.median(per_walker[:, half:].reshape(-1, m.shape[1]), 0)) / sig
-        rows.append({"offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
-                     "mcmc_halves_offset": split.tolist(),
+        diagnostics = ({"n_eff": meta["n_eff"], "n_evaluations": meta["n_evaluations"]} if reference == "nautilus" else
+                       {"max_autocorr_time": max(p["autocorr_time"] for p in meta["parameters"].values()),
+                        "max_rhat": max(p["rhat"] for p in meta["parameters"].values())})
+        rows.append({"galaxy": int(i), "hard": bool(np.any(~(sims["flux"][i] > 0))),
+                     "offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
+                     "reference_noise": _reference_noise(m, meta).tolist(),
                      "width_ratio": (np.std(a, 0) / sig).tolist(), "converged": bool(meta["converged"]),
-                     "max_autocorr_time": max(p["autocorr_time"] for p in par.values()),
-                     "max_rhat": max(p["rhat"] for p in par.values()), "mcmc_seconds": float(meta["seconds"])})
+                     "seconds": float(meta["seconds"]), **diagnostics})
     offset = np.array([r["offset"] for r in rows])
     ratio = np.array([r["width_ratio"] for r in rows])
-    halves = np.array([r["mcmc_halves_offset"] for r in rows])
+    noise = np.array([r["reference_noise"] for r in rows])
+    hard = np.array([r["hard"] for r in rows])
     m0, meta0 = chains[0]
-    keep = {"anpe": anpe[0], "mcmc": m0, "mcmc_best": np.array([meta0["parameters"][n]["best"] for n in PARAM_NAMES])}
-    _plot_overlay(post, sed, sims, keep, out / "anpe_vs_mcmc.png")
-    return {"n": n_mcmc, "converged": int(sum(r["converged"] for r in rows)), "chain_dir": str(chain_dir),
+    keep = {"galaxy": int(galaxies[0]), "anpe": anpe[0], "mcmc": m0,
+            "mcmc_best": np.array([meta0["parameters"][n]["best"] for n in PARAM_NAMES])}
+    _plot_overlay(post, sed, sims, keep, reference, out / "anpe_vs_mcmc.png")
+    return {"reference": reference, "options": dict(mcmc_options or {}), "n": len(rows), "n_hard": int(hard.sum()),
+            "converged": int(sum(r["converged"] for r in rows)), "chain_dir": str(chain_dir),
             "median_abs_offset_over_sigma": dict(zip(PARAM_NAMES, np.median(offset, 0).tolist())),
+            "median_abs_offset_over_sigma_hard": (dict(zip(PARAM_NAMES, np.median(offset[hard], 0).tolist()))
+                                                  if hard.any() else None),
             "median_width_ratio": dict(zip(PARAM_NAMES, np.median(ratio, 0).tolist())),
-            "median_mcmc_halves_offset_over_sigma": dict(zip(PARAM_NAMES, np.median(halves, 0).tolist())),
+            "median_reference_noise_over_sigma": dict(zip(PARAM_NAMES, np.median(noise, 0).tolist())),
             "anpe_seconds_per_galaxy": float(np.mean(t_anpe)),
-            "mcmc_seconds_per_galaxy": float(np.mean([r["mcmc_seconds"] for r in rows])),
+            "reference_seconds_per_galaxy": float(np.mean([r["seconds"] for r in rows])),
             "galaxies": rows}
 
 
-def _plot_overlay(post, sed, sims, keep, path):
-    """Corner overlay (ANPE vs MCMC) for one galaxy, with its photometry and best-fit SEDs."""
+def _plot_overlay(post, sed, sims, keep, reference, path):
+    """Corner overlay (ANPE vs the reference) for one galaxy, with its photometry and best-fit SEDs."""
     import corner
     import matplotlib
 
@@ -169,15 +207,40 @@ def _plot_overlay(post, sed, sims, keep, path):
 
     idx = [0, 5, 6, 10, 11]
     names = [PARAM_NAMES[i] for i in idx]
-    fig = corner.corner(keep["mcmc"][:, idx], labels=names, color="k", truths=sims["theta"][0, idx],
+    g = keep["galaxy"]
+    fig = corner.corner(keep["mcmc"][:, idx], labels=names, color="k", truths=sims["theta"][g, idx],
                         hist_kwargs={"density": True}, plot_datapoints=False)
     corner.corner(keep["anpe"][:, idx], fig=fig, color="C0", hist_kwargs={"density": True}, plot_datapoints=False)
     ax = fig.add_axes([0.62, 0.68, 0.34, 0.28])
-    _, best = best_fit(sed, keep["anpe"][None, :500], sims["flux"][:1], sims["flux_err"][:1], sims["z"][:1])
-    plot_sed_fits(ax, sed, sims["z"][0], sims["flux"][0], sims["flux_err"][0],
-                  [(best[0], "C0", "ANPE best fit"), (keep["mcmc_best"], "k", "MCMC best fit")])
+    sl = slice(g, g + 1)
+    _, best = best_fit(sed, keep["anpe"][None, :500], sims["flux"][sl], sims["flux_err"][sl], sims["z"][sl])
+    plot_sed_fits(ax, sed, sims["z"][g], sims["flux"][g], sims["flux_err"][g],
+                  [(best[0], "C0", "ANPE best fit"), (keep["mcmc_best"], "k", f"{reference} best fit")])
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def width_comparison(post, baseline, n: int = 1000, n_samples: int = 1000, seed: int = 7) -> dict:
+    """The price of a broader training set (Hahn & Melchior 2022, Appendix A): median posterior
+    widths (std) of ``post`` over those of ``baseline`` on the same held-out typical galaxies,
+    simulated as the baseline's training set was (its noise model without an envelope, every band
+    detected, its redshift range within both models'). Both models must share bands and filters."""
+    from sedflow.simulate import simulate_rows
+
+    if post.filters != baseline.filters:
+        raise ValueError(f"the models' filters differ: {list(post.filters)} vs {list(baseline.filters)}")
+    sed = baseline.sed_model()
+    z_max = min((m.config.get("simulation") or {}).get("z_max", 0.2) for m in (post, baseline))
+    cols, _ = simulate_rows(sed, NoiseModel.from_dict(baseline.config["noise_model"]), baseline.prior, n,
+                            np.random.default_rng(seed), z_min=0.0, z_max=z_max)
+    flux = np.column_stack([cols[f"flux_{b}"] for b in post.bands])
+    err = np.column_stack([cols[f"flux_err_{b}"] for b in post.bands])
+    widths = {}
+    for label, model in (("model", post), ("baseline", baseline)):
+        draws = model.sample(model.inputs.observables(flux, err, cols["z"]), n_samples, seed=seed)
+        widths[label] = np.median(np.std(draws, axis=1), axis=0)
+    return {"n": n, "z_max": z_max, "median_std": {k: dict(zip(PARAM_NAMES, v.tolist())) for k, v in widths.items()},
+            "ratio": dict(zip(PARAM_NAMES, (widths["model"] / widths["baseline"]).tolist()))}
 
 
 def _real_data(post, sed, catalog, spec, n_samples, seed):
@@ -212,14 +275,17 @@ def _chi2_p95(dof: int) -> float:
 
 
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
-             catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, mcmc_options: dict | None = None,
-             address: str | None = None, mcmc_dir=None) -> dict:
-    """Write the validation report to ``out_dir``; returns the metrics dict. The MCMC runs go to
+             catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, reference: str = "nautilus",
+             mcmc_options: dict | None = None, address: str | None = None, mcmc_dir=None, baseline=None) -> dict:
+    """Write the validation report to ``out_dir``; returns the metrics dict. ``reference``: the
+    sampler ANPE is compared with (`REFERENCES`), ``mcmc_options`` its keyword arguments
+    (`sedflow.nested.run_nested` or `sedflow.mcmc.run_mcmc`). The reference runs go to
     the Ray cluster at ``address`` (default: a local Ray on this machine's CPUs); their chains are
     kept in ``mcmc_dir`` (default ``out_dir/mcmc``) and reused by any later report on the same
     galaxies and settings, whatever the flow. The held-out galaxies are a function of ``n_test``
     (`simulate_rows` sizes its batches by it), ``seed`` and the model's simulation settings, so
-    a report with another ``n_test`` samples new galaxies and runs new chains."""
+    a report with another ``n_test`` samples new galaxies and runs new chains. ``baseline`` (a
+    model name or directory) adds `width_comparison` against it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,7 +314,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     plot_tarp(tarp(samples, sims["theta"], seed=seed), out / "tarp.png")
 
     if n_mcmc > 0:
-        mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, mcmc_options, out,
+        mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_options, out,
                               Path(mcmc_dir) if mcmc_dir else out / "mcmc", address)
         mc["passes"] = all(v < THRESHOLDS["mcmc_median_offset_max"] for v in mc["median_abs_offset_over_sigma"].values())
         metrics["mcmc"] = mc
@@ -270,6 +336,10 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
         fig.tight_layout()
         fig.savefig(out / "real_chi2.png", dpi=100)
         plt.close(fig)
+
+    if baseline is not None:
+        metrics["width_comparison"] = {"baseline": str(baseline),
+                                       **width_comparison(post, load_model(baseline), seed=seed)}
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "report.md").write_text(_report_md(metrics))
@@ -299,20 +369,37 @@ def _report_md(m: dict) -> str:
     lines += ["", "![p-p](pp.png) ![ranks](sbc_ranks.png) ![tarp](tarp.png)", ""]
     if "mcmc" in m:
         mc = m["mcmc"]
-        lines += ["## ANPE vs MCMC (zeus)", "",
-                  f"{mc['n']} galaxies ({mc['converged']} MCMC runs converged); ANPE {mc['anpe_seconds_per_galaxy']:.3f} s "
-                  f"vs MCMC {mc['mcmc_seconds_per_galaxy']:.1f} s per galaxy. Median |d median| / sigma < "
-                  f"{m['thresholds']['mcmc_median_offset_max']}: **{'pass' if mc['passes'] else 'FAIL'}**.", "",
-                  "The last column is the MCMC's own noise: the same offset between the two halves (in "
-                  "iterations) of each kept chain; with independent halves the full chain's median scatters by "
-                  "about half of it, so offsets near it cannot be told from MCMC noise.", "",
-                  "| parameter | median abs offset / sigma | median width ratio | MCMC halves offset / sigma |",
-                  "|---|---|---|---|"]
+        noise = ("the standard error of its medians from its effective sample size" if mc["reference"] == "nautilus"
+                 else "the same offset between the two halves (in iterations) of each kept chain; with independent "
+                      "halves the full chain's median scatters by about half of it")
+        lines += [f"## ANPE vs {mc['reference']}", "",
+                  f"{mc['n']} galaxies, {mc['n_hard']} of them with a non-detection or a missing band "
+                  f"({mc['converged']} reference runs converged; settings {mc['options']}); ANPE "
+                  f"{mc['anpe_seconds_per_galaxy']:.3f} s vs {mc['reference']} "
+                  f"{mc['reference_seconds_per_galaxy']:.1f} s "
+                  f"per galaxy. Median |d median| / sigma < {m['thresholds']['mcmc_median_offset_max']}: "
+                  f"**{'pass' if mc['passes'] else 'FAIL'}**.", "",
+                  f"The last column is the reference's own noise: {noise}; offsets near it cannot be told from "
+                  "the reference's noise.", "",
+                  "| parameter | median abs offset / sigma | same, hard galaxies | median width ratio | "
+                  "reference noise / sigma |", "|---|---|---|---|---|"]
+        hard = mc.get("median_abs_offset_over_sigma_hard") or {}
         for name in PARAM_NAMES:
             lines.append(f"| {name} | {mc['median_abs_offset_over_sigma'][name]:.3f} | "
-                         f"{mc['median_width_ratio'][name]:.2f} | "
-                         f"{mc['median_mcmc_halves_offset_over_sigma'][name]:.3f} |")
+                         + (f"{hard[name]:.3f}" if name in hard else "-")
+                         + f" | {mc['median_width_ratio'][name]:.2f} | "
+                         f"{mc['median_reference_noise_over_sigma'][name]:.3f} |")
         lines += ["", "![overlay](anpe_vs_mcmc.png)", ""]
+    if "width_comparison" in m:
+        w = m["width_comparison"]
+        lines += ["## Posterior widths against a baseline model", "",
+                  f"Median posterior std on {w['n']} typical galaxies (the baseline's noise model, no envelope, every "
+                  f"band detected, z <= {w['z_max']}), this model over `{w['baseline']}`: the price of training on a "
+                  "broader set of errors, bands and redshifts (Hahn & Melchior 2022, Appendix A).", "",
+                  "| parameter | this model | baseline | ratio |", "|---|---|---|---|"]
+        lines += [f"| {k} | {w['median_std']['model'][k]:.4g} | {w['median_std']['baseline'][k]:.4g} | {r:.2f} |"
+                  for k, r in w["ratio"].items()]
+        lines += [""]
     if "real_data" in m:
         r = m["real_data"]
         lines += ["## Real data", "", f"`{r['catalog']}`: {r['rows']} rows.", "",

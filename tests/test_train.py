@@ -133,12 +133,29 @@ def test_lr_is_recorded_and_follows_the_plateau_rule(sims, tmp_path):
     _check_plateau_rule(hist, 1e-3, 1)
 
 
+def _cosine_lr(lr, epoch, max_epochs):
+    """CosineAnnealingLR's lr in (1-based) ``epoch``."""
+    return lr * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / max_epochs))
+
+
+def test_cosine_schedule_anneals_over_max_epochs(sims, tmp_path):
+    hist = train(sims, tmp_path / "m", workers=1, max_epochs=3, batch_size=512, lr=1e-3,
+                 lr_schedule="cosine")["history"]
+    assert [h["lr"] for h in hist] == pytest.approx([1e-3, 7.5e-4, 2.5e-4])
+
+
 def test_shipped_model_lr_schedule_followed_the_rule():
-    """The shipped model's recorded history obeys the lr schedule it records (MODEL_CARD.md). A run
-    begun at a constant lr and resumed with the schedule (epochs without a recorded lr first) has
-    the schedule take over from that run's best epoch."""
+    """The shipped model's recorded history obeys the lr schedule it records (MODEL_CARD.md):
+    cosine annealing over max_epochs, or the plateau rule (a run begun at a constant lr and
+    resumed with the schedule, epochs without a recorded lr first, has the schedule take over
+    from that run's best epoch)."""
     cfg = json.loads((default_model_path() / "config.json").read_text())
     hist, training = cfg["metrics"], cfg["training"]
+    if training["lr_schedule"].startswith("CosineAnnealingLR"):
+        assert [h["lr"] for h in hist] == pytest.approx(
+            [_cosine_lr(training["lr"], h["epoch"], training["max_epochs"]) for h in hist])
+        assert len(hist) == training["epochs"] and hist[-1]["lr"] < 0.01 * training["lr"]
+        return
     before = [h for h in hist if "lr" not in h]
     scheduled = hist[len(before):]
     assert scheduled and all("lr" in h for h in scheduled) and training["lr_patience"] > 0
@@ -159,6 +176,8 @@ def test_bad_training_requests(sims, tmp_path):
         train(sims, tmp_path / "diverged", workers=1, max_epochs=2, batch_size=512, lr=1e3)
     with pytest.raises(ValueError, match="lr_patience"):
         train(sims, tmp_path / "m", lr_patience=-1)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(sims, tmp_path / "m", lr_schedule="step")
 
 
 def test_every_architecture_builds_samples_and_scores():

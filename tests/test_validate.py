@@ -24,7 +24,7 @@ def nsa60(tmp_path_factory):
 
 def test_validate_writes_every_section(tmp_path, ray_local, nsa60):
     out = tmp_path / "report"
-    m = validate(out, n_test=60, n_samples=200, n_mcmc=2, catalog=nsa60,
+    m = validate(out, n_test=60, n_samples=200, n_mcmc=2, catalog=nsa60, reference="zeus",
                  mcmc_options={"n_walkers": 24, "n_steps": 60, "burn_in": 20})
     assert {"calibration", "mcmc", "real_data"} <= set(m)
     assert set(m["calibration"]["parameters"]) == set(PARAM_NAMES)
@@ -32,11 +32,11 @@ def test_validate_writes_every_section(tmp_path, ray_local, nsa60):
     assert mc["n"] == 2 and len(mc["galaxies"]) == 2
     offsets = np.array(list(mc["median_abs_offset_over_sigma"].values()))
     assert offsets.shape == (12,) and np.all(np.isfinite(offsets)) and np.all(offsets >= 0)
-    halves = np.array(list(mc["median_mcmc_halves_offset_over_sigma"].values()))
+    halves = np.array(list(mc["median_reference_noise_over_sigma"].values()))
     assert halves.shape == (12,) and np.all(np.isfinite(halves)) and np.all(halves >= 0)
-    assert "MCMC halves offset" in (out / "report.md").read_text()
+    assert "two halves (in iterations)" in (out / "report.md").read_text()
     # 60 steps cannot pass the convergence rule (50 x tau): the report must say so, not hide it
-    assert mc["converged"] == 0 and all(g["mcmc_seconds"] > 0 for g in mc["galaxies"])
+    assert mc["converged"] == 0 and all(g["seconds"] > 0 for g in mc["galaxies"])
     for name in ("pp.png", "sbc_ranks.png", "tarp.png", "anpe_vs_mcmc.png", "real_chi2.png", "report.md"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "metrics.json").read_text())["mcmc"]["n"] == 2
@@ -47,22 +47,49 @@ def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_loca
     the same galaxies reads them back instead of rerunning zeus; other settings rerun it."""
     opts = {"n_walkers": 24, "n_steps": 40, "burn_in": 10}
     chains = tmp_path / "chains"
-    first = validate(tmp_path / "a", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, mcmc_options=opts,
-                     mcmc_dir=chains)["mcmc"]
+    first = validate(tmp_path / "a", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, reference="zeus",
+                     mcmc_options=opts, mcmc_dir=chains)["mcmc"]
     files = sorted(chains.glob("galaxy-*.parquet"))
     assert [f.name for f in files] == ["galaxy-0000.parquet", "galaxy-0001.parquet"]
     stamps = [f.stat().st_mtime_ns for f in files]
-    again = validate(tmp_path / "b", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, mcmc_options=opts,
-                     mcmc_dir=chains)["mcmc"]
+    again = validate(tmp_path / "b", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, reference="zeus",
+                     mcmc_options=opts, mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] == stamps            # read, not rerun
     assert again["galaxies"] == first["galaxies"]
-    other = validate(tmp_path / "c", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60,
+    other = validate(tmp_path / "c", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, reference="zeus",
                      mcmc_options={**opts, "n_steps": 44}, mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] != stamps            # other settings: rerun
-    assert [g["mcmc_seconds"] for g in other["galaxies"]] != [g["mcmc_seconds"] for g in first["galaxies"]]
+    assert [g["seconds"] for g in other["galaxies"]] != [g["seconds"] for g in first["galaxies"]]
     # a damaged chain file is run again, not trusted and not fatal; the good one is still read
     stamp0 = files[0].stat().st_mtime_ns
     files[1].write_bytes(b"not parquet")
-    validate(tmp_path / "d", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60,
+    validate(tmp_path / "d", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, reference="zeus",
              mcmc_options={**opts, "n_steps": 44}, mcmc_dir=chains)
     assert files[1].read_bytes()[:4] == b"PAR1" and files[0].stat().st_mtime_ns == stamp0
+
+
+def test_nautilus_reference_converges_and_picks_hard_galaxies(tmp_path, ray_local):
+    """The default reference (nautilus) reports its convergence and noise, and a fifth of the
+    compared galaxies have a non-detection or a missing band when the model takes them."""
+    m = validate(tmp_path / "n", n_test=200, n_samples=200, n_mcmc=5, catalog=None,
+                 mcmc_options={"n_live": 100, "n_eff": 300})["mcmc"]
+    assert m["reference"] == "nautilus" and m["n"] == 5 and m["n_hard"] >= 1
+    assert m["converged"] == 5 and all(g["n_eff"] >= 0.95 * 300 for g in m["galaxies"])
+    noise = np.array(list(m["median_reference_noise_over_sigma"].values()))
+    assert np.allclose(noise, noise[0]) and 0 < noise[0] < 0.1         # sqrt(pi/2 / n_eff)
+
+
+def test_reference_galaxies_take_a_fifth_hard_ones():
+    from sedflow.validate import reference_galaxies
+
+    flux = np.ones((100, 5))
+    flux[[3, 40, 41, 42, 60, 70, 80, 90, 95, 99], 0] = -0.1        # non-detections
+    flux[[50, 51], 2] = np.nan                                     # missing bands
+    picked = reference_galaxies({"flux": flux}, 20)
+    assert len(picked) == 20 == len(set(picked.tolist()))
+    assert np.sum(~np.all(flux[picked] > 0, axis=1)) == 4          # 20 // 5
+    assert list(picked[:3]) == [0, 1, 2]                           # otherwise the first ones
+    plain = reference_galaxies({"flux": np.ones((30, 5))}, 10)      # none to take: the first 10
+    assert plain.tolist() == list(range(10))
+    with pytest.raises(ValueError, match="held-out"):
+        reference_galaxies({"flux": flux}, 101)
