@@ -126,10 +126,31 @@ def simulated(n: int, seed: int = 0) -> dict:
     return cols
 
 
-def simulated_x(n: int, seed: int = 0) -> np.ndarray:
-    """x (n, 11) in the SDSS model's `sedflow.posterior.x_names` order for ``n`` simulated galaxies."""
-    from sedflow.posterior import x_names
-    from sedflow.sps.photometry import BANDS
+def simulated_x(n: int, seed: int = 0, post=None) -> np.ndarray:
+    """x of ``n`` simulated galaxies in the input layout of ``post`` (default: the shipped model)."""
+    from sedflow.posterior import load_model
 
+    post = post or load_model()
     cols = simulated(n, seed)
-    return np.column_stack([cols[name] for name in x_names(BANDS)])
+    flux = np.column_stack([cols[f"flux_{b}"] for b in post.bands])
+    err = np.column_stack([cols[f"flux_err_{b}"] for b in post.bands])
+    return post.inputs.observables(flux, err, cols["z"])
+
+
+def untrained_posterior(arch: str):
+    """A `PosteriorModel` with an untrained ``arch`` network and the shipped model's configuration
+    (input layout, standardisation, prior): sampling cost does not depend on the weights."""
+    from sedflow.posterior import ARCHITECTURES, PosteriorModel, build_estimator, load_model
+
+    config = dict(load_model().config)
+    config["architecture"] = {"name": arch, "kwargs": ARCHITECTURES[arch]}
+    return PosteriorModel(build_estimator(arch, n_x=len(config["x_names"])), config)
+
+
+def untrained_artifact(arch: str, path) -> str:
+    """`untrained_posterior` written as an artifact directory (for the pipelines that load one)."""
+    from sedflow.posterior import save_model
+
+    post = untrained_posterior(arch)
+    save_model(path, post.net, post.config)
+    return str(path)

@@ -1,20 +1,16 @@
 """How close the default sampler gets to the CPU's dense float32 matmul rate.
 
 Peer: torch's float32 matmul rate (GFLOP/s; 2 n^3 FLOPs per n x n product, n = 2048, best
-of several) at 1 thread and at all cores. Measured: the FLOP rate of the shipped (default,
-``coupling``) model's network while sampling, net.sample((10000,), condition of 2 galaxies)
-= 20,000 draws per call as `PosteriorModel.sample` makes them, at the same thread counts;
-the ratio is the fraction of the matmul ceiling it achieves.
+of several) at 1 thread and at all cores. Measured: the FLOP rate of the shipped model's
+network while sampling, net.sample((10000,), condition of 2 galaxies) = 20,000 draws per call
+as `PosteriorModel.sample` makes them, at the same thread counts; the ratio is the fraction of
+the matmul ceiling it achieves. Also for ``coupling``, the architecture shipped before the 2026-12 model.
 
-FLOPs per sample are counted, not estimated: a forward hook on every ``torch.nn.Linear``
-(zuko's ``MaskedLinear`` is one, and applies its masked weight as a full dense matmul)
-adds 2 * in_features * out_features per row that goes through the layer, over one sampling
-call. This counts each layer as often as sampling really calls it: the coupling MAF
-(``passes=2``) inverts each of its 5 transforms with 2 passes of its 3-layer MLP
-(22 -> 64 -> 64 -> 22; input = 11 draws + 11 conditions), 30 layer calls per sample; the
-paper MAF inverts each of its 15 MADE transforms with 11 sequential passes. Biases,
-activations, the affine updates and the base-distribution draws are left out, so the
-achieved rate is a slight underestimate.
+FLOPs per sample are counted, not estimated: torch's ``FlopCounterMode`` counts the matrix
+products (2 x m x k x n each) of one sampling call as it really runs them: a context computed
+once per galaxy (``realnvp``) counts once, the two passes per transform of ``coupling``
+twice. Biases, activations, the affine updates and the base-distribution draws are not
+matrix products and are left out, so the achieved rate is a slight underestimate.
 """
 
 from __future__ import annotations
@@ -22,27 +18,17 @@ from __future__ import annotations
 from bench._common import CPUS, best_time, row, threads
 
 N_MATMUL = 2048
+DRAWS, GALAXIES = 10000, 2
 
 
-def linear_flops_per_sample(net, n: int = 64, n_cond: int = 2) -> float:
-    """FLOPs of the Linear layers per drawn sample (see the module docstring)."""
-    import numpy as np
+def flops_per_sample(net, n_x: int, n: int = 256, n_cond: int = 2) -> float:
+    """Matrix-product FLOPs per drawn sample (see the module docstring)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    total = [0]
-
-    def hook(module, inputs, output):
-        rows = int(np.prod(inputs[0].shape[:-1]))
-        total[0] += 2 * module.in_features * module.out_features * rows
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Linear)]
-    try:
-        with torch.inference_mode():
-            net.sample((n,), condition=torch.zeros(n_cond, 11))
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0] / (n * n_cond)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net.sample((n,), condition=torch.zeros(n_cond, n_x))
+    return counter.get_total_flops() / (n * n_cond)
 
 
 def matmul_gflops(n_threads: int, repeat: int) -> float:
@@ -54,34 +40,39 @@ def matmul_gflops(n_threads: int, repeat: int) -> float:
     return 2 * N_MATMUL**3 / t / 1e9
 
 
-def sampler_rate(net, n_threads: int, repeat: int) -> float:
+def sampler_rate(net, n_x: int, n_threads: int, repeat: int) -> float:
     """Samples/s of net.sample((10000,), condition of 2 galaxies)."""
     import torch
 
-    cond = torch.randn(2, 11, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(GALAXIES, n_x, generator=torch.Generator().manual_seed(0))
     with threads(n_threads), torch.inference_mode():
-        t = best_time(lambda: net.sample((10000,), condition=cond), repeat=repeat)
-    return 20000 / t
+        t = best_time(lambda: net.sample((DRAWS,), condition=cond), repeat=repeat)
+    return DRAWS * GALAXIES / t
 
 
 def run(quick: bool = False) -> dict:
-    from sedflow.posterior import build_estimator, load_model
+    from bench._common import untrained_posterior
+    from sedflow.posterior import load_model
 
     repeat = 3 if quick else 10
-    net = load_model().net
-    flops = linear_flops_per_sample(net)
-    res = {"matmul_n": N_MATMUL, "flops_per_sample": {"coupling": flops,
-                                                      "paper": linear_flops_per_sample(build_estimator("paper", n_x=11), n=4)},
+    post = load_model()
+    n_x, arch = len(post.x_names), post.arch
+    nets = {arch: post.net, "coupling": untrained_posterior("coupling").net}
+    res = {"matmul_n": N_MATMUL, "arch": arch,
+           "flops_per_sample": {a: flops_per_sample(net, n_x) for a, net in nets.items()},
            "matmul_gflops": {}, "sampler_samples_per_s": {}, "sampler_gflops": {}}
-    rows = [row("coupling Linear FLOPs per sample", flops, "FLOP", "paper MAF", res["flops_per_sample"]["paper"])]
+    rows = [row(f"{arch} matmul FLOPs per sample", res["flops_per_sample"][arch], "FLOP", "coupling",
+                res["flops_per_sample"]["coupling"])]
     for t in sorted({1, CPUS}):
         ceiling = matmul_gflops(t, repeat)
-        sps = sampler_rate(net, t, repeat)
-        achieved = flops * sps / 1e9
-        res["matmul_gflops"][str(t)], res["sampler_samples_per_s"][str(t)] = ceiling, sps
-        res["sampler_gflops"][str(t)] = achieved
+        res["matmul_gflops"][str(t)] = ceiling
         rows.append(row(f"fp32 matmul {N_MATMUL}^2, {t} thread(s)", ceiling, "GFLOP/s"))
-        rows.append(row(f"coupling sampler ({sps:,.0f} samples/s), {t} thread(s)", achieved, "GFLOP/s",
-                        f"matmul, {t} thread(s)", ceiling))
+        for a, net in nets.items():
+            sps = sampler_rate(net, n_x, t, repeat)
+            achieved = res["flops_per_sample"][a] * sps / 1e9
+            res["sampler_samples_per_s"].setdefault(a, {})[str(t)] = sps
+            res["sampler_gflops"].setdefault(a, {})[str(t)] = achieved
+            rows.append(row(f"{a} sampler ({sps:,.0f} samples/s), {t} thread(s)", achieved, "GFLOP/s",
+                            f"matmul, {t} thread(s)", ceiling))
     res["rows"] = rows
     return res

@@ -9,9 +9,9 @@ Measured: galaxies/s over the wall time of `run_inference` (cluster start, model
 sampling, summaries, properties, Parquet writes), and the largest peak RSS of a Dask
 worker process (polled with psutil).
 
-Peer: sampling alone with the ``paper`` architecture (`bench.sampling.paper_rate`:
-PosteriorModel.sample in-process with all cores, on 3-10 galaxies; shared with
-`bench.sampling` when both run; skipped at 10,000 samples in quick mode).
+Peer: the same pipeline, same catalog and settings, with an untrained ``coupling`` network
+(the architecture shipped before the 2026-12 model) in the shipped model's configuration
+(`bench._common.untrained_artifact`; the cost does not depend on the weights).
 
 Partitions are kept at 500 rows because `infer_frame` holds all draws of a partition in
 memory: about n_rows x n_samples x 23 x 8 bytes (0.9 GB per 500 rows at 10,000 samples).
@@ -28,8 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench import sampling
-from bench._common import CPUS, ChildPeakRSS, row, simulated
+from bench._common import CPUS, ChildPeakRSS, row, simulated, untrained_artifact
 
 SAMPLES = (1000, 10000)
 PARTITION_ROWS = 500
@@ -67,19 +66,23 @@ def run(quick: bool = False, n: int | None = None, samples=None) -> dict:
         res["ingest"] = {"seconds": time.perf_counter() - t0, "partitions": ingest["partitions"]}
         rows.append(row(f"ingest {n:,} rows ({ingest['partitions']} partitions)", n / res["ingest"]["seconds"],
                         "rows/s"))
+        peer_model = untrained_artifact("coupling", work / "coupling_model")
         for k in samples or SAMPLES:
-            with ChildPeakRSS(("spawn_main",)) as workers:
-                t0 = time.perf_counter()
-                s = run_inference(work / "ingested", work / f"out{k}", n_samples=k, workers=CPUS, progress=False)
-                wall = time.perf_counter() - t0
-            paper, peer = sampling.paper_rate(k, quick)
-            res["runs"][str(k)] = {"wall_s": wall, "galaxies_per_s": n / wall, "summary": s,
-                                   "worker_peak_rss_mb": workers.max_mb, "worker_processes": workers.processes,
-                                   "paper_sampling_galaxies_per_s": paper, "peer": peer}
-            rows.append(row(f"infer {n:,} gal, {k} samples, {CPUS} Dask workers", n / wall, "gal/s",
-                            peer.replace("paper MAF", "paper MAF sampling only"), paper))
-            if workers.max_mb is not None:
-                rows.append(row(f"infer {k} samples: max Dask worker peak RSS", workers.max_mb, "MB"))
+            runs = {}
+            for label, model_path in (("shipped", None), ("coupling", peer_model)):
+                with ChildPeakRSS(("spawn_main",)) as workers:
+                    t0 = time.perf_counter()
+                    s = run_inference(work / "ingested", work / f"out{k}-{label}", model_path=model_path, n_samples=k,
+                                      workers=CPUS, progress=False)
+                    wall = time.perf_counter() - t0
+                runs[label] = {"wall_s": wall, "galaxies_per_s": n / wall, "summary": s,
+                               "worker_peak_rss_mb": workers.max_mb, "worker_processes": workers.processes}
+            res["runs"][str(k)] = runs
+            rows.append(row(f"infer {n:,} gal, {k} samples, {CPUS} Dask workers", runs["shipped"]["galaxies_per_s"],
+                            "gal/s", "coupling, same pipeline", runs["coupling"]["galaxies_per_s"]))
+            if runs["shipped"]["worker_peak_rss_mb"] is not None:
+                rows.append(row(f"infer {k} samples: max Dask worker peak RSS", runs["shipped"]["worker_peak_rss_mb"],
+                                "MB"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["rows"] = rows

@@ -1,12 +1,12 @@
 """Training throughput: samples/s of one optimisation step (forward + backward + Adam) at
 batch size 2048, in-process (no Ray), all cores.
 
-Measured: the default ``coupling`` architecture. Peer: the ``paper`` architecture. Both
-built with `sedflow.posterior.build_estimator`, loss and step as in `sedflow.train` (the
-same negative log-probability module, Adam at lr 5e-4), on random standard-normal data of
-the right shapes (11-dim u, 11-dim x; the training data are standardised). Steps run until
-``min_time`` seconds have passed (at least ``min_steps``, after ``min_steps`` untimed).
-Also reports parameter counts.
+Measured: the default architecture (``DEFAULT_ARCH``). Peers: ``coupling`` (shipped before the 2026-12 model)
+and ``paper``. All built with `sedflow.posterior.build_estimator` for the shipped model's x
+(its number of inputs), loss and step as in `sedflow.train` (the same negative
+log-probability module, Adam at lr 5e-4), on random standard-normal data of the right shapes
+(the training data are standardised). Steps run until ``min_time`` seconds have passed (at
+least ``min_steps``, after ``min_steps`` untimed). Also reports parameter counts.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ def step_rate(arch: str, min_time: float, min_steps: int = 3, batch: int = BATCH
     """(training samples/s, parameters) of ``arch``."""
     import torch
 
-    from sedflow.posterior import build_estimator
+    from sedflow.posterior import build_estimator, load_model
+    from sedflow.prior import UNCONSTRAINED_NAMES
     from sedflow.train import _nll_module
 
     torch.manual_seed(0)
-    net = build_estimator(arch, n_x=11)              # the SDSS model's x: 5 mags, 5 errors, z
+    n_x, n_u = len(load_model().x_names), len(UNCONSTRAINED_NAMES)
+    net = build_estimator(arch, n_x=n_x)
     model = _nll_module(net).train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
-    u, x = torch.randn(8 * batch, 11), torch.randn(8 * batch, 11)
+    u, x = torch.randn(8 * batch, n_u), torch.randn(8 * batch, n_x)
 
     def step(i):
         s = slice((i % 8) * batch, (i % 8 + 1) * batch)
@@ -51,9 +53,16 @@ def step_rate(arch: str, min_time: float, min_steps: int = 3, batch: int = BATCH
 
 
 def run(quick: bool = False) -> dict:
+    from sedflow.posterior import DEFAULT_ARCH
+
     min_time, min_steps = (3.0, 2) if quick else (20.0, 5)
-    (cp, n_cp), (pa, n_pa) = (step_rate(arch, min_time, min_steps) for arch in ("coupling", "paper"))
+    archs = dict.fromkeys((DEFAULT_ARCH, "coupling", "paper"))
+    rates = {a: step_rate(a, min_time, min_steps) for a in archs}
+    (me, n_me) = rates[DEFAULT_ARCH]
+    rows = []
+    for peer in [a for a in archs if a != DEFAULT_ARCH]:
+        rows.append(row(f"{DEFAULT_ARCH}, batch {BATCH}, {CPUS} threads", me, "samples/s", peer, rates[peer][0]))
+        rows.append(row(f"{DEFAULT_ARCH} parameters", n_me, "", peer, rates[peer][1]))
     return {"batch_size": BATCH, "threads": CPUS, "min_time_s": min_time,
-            "samples_per_s": {"coupling": cp, "paper": pa}, "parameters": {"coupling": n_cp, "paper": n_pa},
-            "rows": [row(f"coupling, batch {BATCH}, {CPUS} threads", cp, "samples/s", "paper MAF", pa),
-                     row("coupling parameters", n_cp, "", "paper MAF", n_pa)]}
+            "samples_per_s": {a: r[0] for a, r in rates.items()}, "parameters": {a: r[1] for a, r in rates.items()},
+            "rows": rows}
