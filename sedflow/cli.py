@@ -400,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a missing band)")
     v.add_argument("--reference", choices=["nautilus", "zeus"], default="nautilus",
                    help="reference sampler: nautilus nested sampling (default; converges) or the paper's zeus MCMC")
-    v.add_argument("--nested-live", type=int, default=1000, help="nautilus live points (default 1000)")
-    v.add_argument("--nested-eff", type=int, default=3000, help="nautilus effective sample size (default 3000)")
+    v.add_argument("--nested-live", type=int, default=500, help="nautilus live points (default 500)")
+    v.add_argument("--nested-eff", type=int, default=2000, help="nautilus effective sample size (default 2000)")
     v.add_argument("--mcmc-walkers", type=int, default=30, help="zeus walkers")
     v.add_argument("--mcmc-steps", type=int, default=10000, help="zeus iterations")
     v.add_argument("--mcmc-burn-in", type=int, default=2000, help="zeus burn-in iterations")

@@ -78,7 +78,7 @@ class NestedResult:
                 "n_eff_target": self.n_eff_target, "f_live": self.f_live, "n_samples": int(len(self.samples))}
 
 
-def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 1000, n_eff: int = 3000,
+def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_eff: int = 2000,
                f_live: float = 0.01, n_networks: int = 1, n_like_max: int = 5_000_000, seed: int | None = None,
                blas_threads: int | None = 1) -> NestedResult:
     """Sample the posterior of one galaxy with nautilus (module docstring).

@@ -28,8 +28,9 @@ without executing code, and a corrupted, tampered or incompatible artifact is re
 Example
 -------
 >>> post = load_model()                         # the shipped default ("sdss")
->>> x = [[17.9, 16.5, 15.8, 15.4, 15.1, 0.05, 0.02, 0.02, 0.02, 0.03, 0.08]]   # mags, mag errors, z
->>> post.sample(x, 1000, seed=0).shape          # x (n_gal, 11) -> (n_gal, 1000, 12)
+>>> flux = [[-0.3, 12.0, 30.0, 44.0, 51.0]]     # ugriz nanomaggies (u not detected)
+>>> x = post.inputs.observables(flux, [[0.9, 0.3, 0.6, 0.9, 2.9]], [0.31])   # fluxes, errors, z -> x
+>>> post.sample(x, 1000, seed=0).shape          # x (n_gal, 16) -> (n_gal, 1000, 12)
 (1, 1000, 12)
 """
 
@@ -363,7 +364,7 @@ def load_model(model=None) -> PosteriorModel:
     >>> import sedflow
     >>> post = sedflow.load_model()              # the shipped SDSS model, i.e. load_model("sdss")
     >>> post.bands, post.x_names[:2]
-    (('u', 'g', 'r', 'i', 'z'), ('mag_u', 'mag_g'))
+    (('u', 'g', 'r', 'i', 'z'), ('asinh_mag_u', 'asinh_mag_g'))
     """
     from safetensors.torch import load_file
 

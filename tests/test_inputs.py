@@ -98,7 +98,7 @@ def asinh_model(tmp_path_factory, ray_local):
 
 def test_non_detections_and_missing_bands_get_posteriors(asinh_model, sed_model):
     """Negative u flux and a missing g band: sampled (method anpe) by an asinh model, with the
-    missing bands in flag_missing_bands; the shipped log-magnitude model refuses both rows."""
+    missing bands in flag_missing_bands; so does the shipped model (asinh inputs too)."""
     from sedflow.infer import infer_frame, load_models
     from sedflow.posterior import load_model
 
@@ -120,8 +120,10 @@ def test_non_detections_and_missing_bands_get_posteriors(asinh_model, sed_model)
     assert t.loc[[0, 1, 2, 5], "logmstar_p50"].notna().all()
     shipped = load_model()
     t2 = infer_frame(frame, shipped, shipped.sed_model(), n_samples=50, property_samples=10, seed=0).to_pandas()
-    assert list(t2["method"]) == ["anpe", "none", "none", "none", "none", "anpe"]
+    assert shipped.inputs.kind == "asinh"
+    assert list(t2["method"]) == ["anpe", "anpe", "anpe", "none", "none", "anpe"]
     assert list(t2["flag_missing_bands"]) == [0, 0, 2, 1 | 2 | 16, 0, 0]
+    assert t2.loc[[0, 1, 2, 5], "logmstar_p50"].notna().all()
 
 
 def test_validation_reports_the_hard_subsets(asinh_model, tmp_path):

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-# 40 of the 10,000 galaxies (every 250th by id) as the main job gave them before `sedflow.fit`
-# shared its code path (commit 979757b, these settings): the refactors must not change them.
+# 40 of the 10,000 galaxies (every 250th by id) as the main job gave them with the 2026-12
+# shipped model (these settings): later refactors must not change them.
 REFERENCE = Path(__file__).parent / "data" / "main_job_reference.csv"
 
 
@@ -31,15 +31,14 @@ def test_main_job_gives_every_sdss_galaxy_one_posterior_and_resumes(tmp_path):
     assert posteriors["method"].notna().all()
     # the sample is SDSS main-sample galaxies at z ~ 0.1: stellar masses ~10^10-10^11 Msun
     anpe = posteriors[posteriors["method"] == "anpe"]
-    assert len(anpe) > 0.9 * len(posteriors)
+    assert len(anpe) > 0.995 * len(posteriors)          # z up to 0.58, u non-detections: all in range
     assert 10.0 < np.median(anpe["logmstar_surv_p50"]) < 11.3
     for name in ("mass_vs_redshift.png", "galaxy_corner.png"):
         assert (out / name).stat().st_size > 10_000
     # the same summaries as before for the same seed (to float tolerance across CPUs)
     ref = pd.read_csv(REFERENCE)
     got = posteriors.drop(columns=["samples"]).set_index("id").loc[ref["id"]].reset_index()
-    assert set(got.columns) - set(ref.columns) == {"flag_missing_bands"}      # added since; all 0 here
-    assert (got["flag_missing_bands"] == 0).all()
+    assert set(got.columns) == set(ref.columns)
     got = got[list(ref.columns)]
     for c in ref.columns:
         if ref[c].dtype.kind == "f":

@@ -21,8 +21,13 @@ def test_shipped_artifact(post):
     cfg = post.config
     assert default_model_path().is_dir()
     assert sum((default_model_path() / f).stat().st_size for f in ("weights.safetensors", "config.json")) < 20e6
-    assert cfg["architecture"]["name"] == "coupling"
+    assert cfg["architecture"]["name"] == "realnvp"
     assert cfg["training_data"]["rows"] >= 1_000_000
+    # made for real catalogs: asinh inputs with missing-band flags, trained with band masks, on
+    # a broad noise envelope, non-detections and 0 < z <= 0.6
+    assert post.inputs.kind == "asinh" and cfg["missing_fraction"] > 0
+    sim = cfg["simulation"]
+    assert sim["z_max"] == 0.6 and sim["min_detected"] == 3 and sim["noise_envelope"][1] >= 5
     assert cfg["noise_model"] == NoiseModel.default().to_dict()
     # trained on errors reported as catalogs report them (sedflow.simulate.simulate_rows), not on
     # the convention that gives the noise draw away
@@ -56,9 +61,9 @@ def test_shipped_config_holds_no_path_of_the_training_machine():
         assert not absolute, (name, absolute)
 
 
-def test_shipped_model_is_calibrated_on_fresh_simulations(post, sed_model):
+def test_shipped_model_is_calibrated_on_fresh_simulations(post):
     """200 held-out simulations drawn exactly as the training set (fresh seed), 1,000 draws each."""
-    sims = held_out_simulations(post, sed_model, 200, seed=20261126)
+    sims = held_out_simulations(post, post.sed_model(), 200, seed=20261126)
     truths, x = sims["theta"], sims["x"]
     samples = post.sample(x, 1000, seed=1)
     report = calibration_report(samples, truths, names=list(PARAM_NAMES))

@@ -113,6 +113,24 @@ def test_tampered_and_incompatible_artifacts_are_refused(trained, tmp_path):
         load_model(tmp_path)
 
 
+def test_log_magnitude_model_refuses_non_detections_and_missing_bands(trained):
+    """A model with SEDflow's log-magnitude inputs has no way to take f <= 0 or a missing band:
+    such rows are bad input (not sampled), flagged, never dropped."""
+    import pandas as pd
+
+    from sedflow.infer import infer_frame, load_models
+
+    post, sed = load_models(trained[0])
+    assert post.inputs.kind == "mag"
+    flux = np.tile([40.0, 92.0, 130.0, 157.0, 177.0], (3, 1))
+    flux[1, 0], flux[2, 1] = -2.0, np.nan
+    frame = pd.DataFrame({"id": np.arange(3), "z": 0.05, **{f"flux_{b}": flux[:, j] for j, b in enumerate(BANDS)},
+                          **{f"flux_err_{b}": 0.03 * np.abs(flux[:, j]) + 0.1 for j, b in enumerate(BANDS)}})
+    t = infer_frame(frame, post, sed, n_samples=20, property_samples=5, seed=0).to_pandas()
+    assert list(t["method"]) == ["anpe", "none", "none"] and list(t["flag_bad_input"]) == [False, True, True]
+    assert list(t["flag_missing_bands"]) == [0, 0, 2]
+
+
 def _check_plateau_rule(hist, lr, lr_patience, best=float("inf"), bad=0):
     """Every recorded lr follows ReduceLROnPlateau's rule (factor 1/2, threshold 0) on the recorded
     validation losses, from the given state; returns how often the lr was halved."""
