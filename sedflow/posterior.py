@@ -12,13 +12,13 @@ Architectures (`ARCHITECTURES`):
 
 * ``paper``: sbi MAF (nflows), 15 MADE transforms with 2 hidden layers of 500 units, as
   SEDflow.
-* ``coupling`` (default): zuko MAF with ``passes=2``, i.e. an affine coupling flow, 5
-  transforms, 2 hidden layers of 64 units: sampling is one network pass instead of 11
-  sequential ones (see MODEL_CARD.md for the measured comparison).
+* ``coupling``: zuko MAF with ``passes=2``, i.e. an affine coupling flow, 5 transforms, 2
+  hidden layers of 64 units: sampling is two network passes per transform instead of 11
+  sequential ones (the shipped architecture until the 2026-12 model).
 * ``spline``: the same coupling structure with rational-quadratic spline transforms (zuko NSF).
-* ``realnvp``: zuko's affine coupling transform (RealNVP), 5 transforms, 2 hidden layers of 160
-  units, with each transform's context term computed once per galaxy (`sedflow.flows`):
-  one network pass per transform when sampling, not two as ``coupling``.
+* ``realnvp`` (default): zuko's affine coupling transform (RealNVP), 5 transforms, 2 hidden
+  layers of 160 units, with each transform's context term computed once per galaxy
+  (`sedflow.flows`): one network pass per transform when sampling, not two as ``coupling``.
 
 The artifact is a directory with ``weights.safetensors`` and ``config.json`` (architecture,
 x/theta definitions, standardisation, prior, noise model, training-data fingerprint,
@@ -62,7 +62,7 @@ ARCHITECTURES = {
     "realnvp": {"model": "sedflow_realnvp", "hidden_features": [160, 160], "num_transforms": 5},
 }
 BUILDERS = {"sedflow_realnvp": "sedflow.flows.realnvp"}      # other models: sbi.neural_nets.posterior_nn
-DEFAULT_ARCH = "coupling"
+DEFAULT_ARCH = "realnvp"      # the shipped model's (MODEL_CARD.md, docs/validation/architectures.md)
 DEFAULT_MODEL = "sdss"        # the shipped SDSS ugriz spectroscopic-redshift model (MODEL_CARD.md)
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
 

@@ -68,7 +68,7 @@ def test_masks_pair_up_and_cover_every_parameter():
     for a, b in zip(masks[::2], masks[1::2]):
         assert torch.equal(a, ~b) and a.sum() == 5
     assert len({tuple(m.tolist()) for m in masks[::2]}) == 3      # the pairs split differently
-    assert coupling_masks(11, 6)[0].tolist() == masks[0].tolist() # deterministic
+    assert coupling_masks(11, 6)[0].tolist() == masks[0].tolist()   # deterministic
 
 
 def test_realnvp_artifact_round_trips(tmp_path):
