@@ -7,7 +7,10 @@ stored in the artifact's ``ood``); `flags` applies them to catalog rows at infer
 ``flag_sigma_ood``      some band's mag error above the 99.9th percentile of the training set's at
                         that magnitude (the paper's mu + 3 s of the noise model, measured on the
                         simulated x, floors and flux noise included)
-``flag_color_ood``      a colour of adjacent bands outside the training set's 0.1-99.9 percentiles
+``flag_color_ood``      a colour of adjacent bands outside the training set's 0.1-99.9 percentiles,
+                        both measured to better than `COLOUR_MAX_MAG_ERR` (a colour of a
+                        non-detection is noise, not a colour; such pairs are neither used
+                        for the percentiles nor flagged)
 ``flag_posterior_ood``  x outside the training support: Mahalanobis distance of the standardised
                         features above the training set's 99.9th percentile
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fit_thresholds", "flags", "colour_names"]
+__all__ = ["fit_thresholds", "flags", "colour_names", "COLOUR_MAX_MAG_ERR"]
+
+COLOUR_MAX_MAG_ERR = 0.1     # mag: both bands of a colour at S/N >~ 10
 
 
 def colour_names(bands) -> tuple:
@@ -56,9 +61,15 @@ def fit_thresholds(features: np.ndarray, x_mean, x_std, layout, bin_width: float
     f = layout.standardise(features, np.asarray(x_mean), np.asarray(x_std))
     prec = np.linalg.pinv(np.cov(f, rowvar=False))     # pinv: a constant column (no masks) has no variance
     d2 = np.einsum("ij,jk,ik->i", f, prec, f)
-    return {"sigma_mag_p99p9": sigma,
-            "colour_percentiles_0p1_99p9": {c: np.nanpercentile(mags[:, i] - mags[:, i + 1], [0.1, 99.9]).tolist()
-                                            for i, c in enumerate(colour_names(bands))},
+    measured = np.isfinite(mags) & (log_err < np.log10(COLOUR_MAX_MAG_ERR))
+    colours = {}
+    for i, c in enumerate(colour_names(bands)):
+        both = measured[:, i] & measured[:, i + 1]
+        if not both.any():
+            raise ValueError(f"colour {c}: no training row measures both bands to {COLOUR_MAX_MAG_ERR} mag")
+        colours[c] = np.percentile(mags[both, i] - mags[both, i + 1], [0.1, 99.9]).tolist()
+    return {"sigma_mag_p99p9": sigma, "colour_percentiles_0p1_99p9": colours,
+            "colour_max_mag_err": COLOUR_MAX_MAG_ERR,
             "z_range": [float(features[:, 2 * nb].min()), float(features[:, 2 * nb].max())],
             "mahalanobis_precision": prec.tolist(),
             "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
@@ -76,9 +87,13 @@ def flags(x: np.ndarray, good: np.ndarray, post) -> dict:
             limit = 10.0 ** np.interp(mag[good, j], t["mag"], t["log10_mag_err_p99p9"])
             sigma_ood[good] |= mag_err[good, j] > limit          # NaN (missing) compares False
         colour_ood = np.zeros(n, bool)
+        # models trained before colour_max_mag_err existed: every pair (their training sets had no
+        # non-detections)
+        limit = ood.get("colour_max_mag_err", np.inf)
         for i, (lo, hi) in enumerate(ood["colour_percentiles_0p1_99p9"].values()):
             c = mag[good, i] - mag[good, i + 1]
-            colour_ood[good] |= (c < lo) | (c > hi)
+            both = (mag_err[good, i] < limit) & (mag_err[good, i + 1] < limit)
+            colour_ood[good] |= both & ((c < lo) | (c > hi))
     post_ood = np.zeros(n, bool)
     if good.any():
         f = post.inputs.standardise(post.inputs.features(x[good]), post.x_mean, post.x_std)

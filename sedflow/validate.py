@@ -130,7 +130,7 @@ def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chai
             task = ray.remote(run).options(num_cpus=1)        # one galaxy per CPU
             sed_ref, prior_ref = ray.put(sed), ray.put(prior)
             refs = {task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed_ref, prior=prior_ref,
-                                seed=seed + i, **(mcmc_options or {})): i for i in todo}
+                                seed=int(seed + i), **(mcmc_options or {})): i for i in todo}
             pending = list(refs)
             with tqdm(total=len(galaxies), initial=len(galaxies) - len(todo), desc=reference, unit="galaxy") as bar:
                 while pending:
@@ -162,7 +162,7 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
     anpe, t_anpe = [], []
     for i in galaxies:
         t0 = time.perf_counter()
-        anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=seed + i)[0])
+        anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=int(seed + i))[0])
         t_anpe.append(time.perf_counter() - t0)
     chains = _mcmc_chains(sed, post.prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address)
 

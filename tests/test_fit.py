@@ -64,15 +64,16 @@ def test_fit_gives_what_infer_gives_on_the_same_rows(sdss_rows, tmp_path):
 
 def test_bad_rows_come_back_flagged_among_good_ones(sdss_rows):
     a = _raw_arrays(sdss_rows[:6])
-    a["flux"][1, 2] = np.nan          # NaN flux
-    a["flux"][2, 0] = -3.0            # non-positive flux (refused until non-detections are modelled)
-    a["flux_err"][3, 1] = np.inf      # ivar 0
+    a["flux"][1, 2] = np.nan          # NaN flux: r missing, marginalised over
+    a["flux"][2, 0] = -3.0            # non-positive flux: a measurement (a non-detection)
+    a["flux_err"][3, [0, 1, 4]] = np.inf   # ivar 0 in three bands: too few left
     a["z"][4] = np.nan                # no redshift
     res = sedflow.fit(**a, spec="sdss_kcorrect", n_samples=100, keep_samples=0, ids=[10, 11, 12, 13, 14, 15])
     s = res.summary
     assert list(s["id"]) == [10, 11, 12, 13, 14, 15] and res.samples == {}
-    assert list(s["flag_bad_input"]) == [False, True, True, True, True, False]
-    assert list(s["method"]) == ["anpe", "none", "none", "none", "none", "anpe"]
+    assert list(s["flag_bad_input"]) == [False, False, False, True, True, False]
+    assert list(s["method"]) == ["anpe", "anpe", "anpe", "none", "none", "anpe"]
+    assert list(s["flag_missing_bands"]) == [0, 4, 0, 1 | 2 | 16, 0, 0]
     assert s.loc[s["flag_bad_input"], "logmstar_p50"].isna().all()
     assert s.loc[~s["flag_bad_input"], "logmstar_p50"].notna().all()
     assert res.counts["nonfinite_or_nonpositive_flux"] == 2 and res.counts["nonfinite_redshift"] == 1

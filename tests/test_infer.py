@@ -24,16 +24,19 @@ def post():
 
 @pytest.fixture(scope="module")
 def bad_catalog(tmp_path_factory):
-    """40 real NSA rows plus one row of each kind of bad input, ingested in 10-row partitions."""
+    """40 real NSA rows plus one row of each kind of awkward or bad input, ingested in 10-row
+    partitions. For the shipped model (asinh inputs) a NaN, inf or ivar-0 band is missing and a
+    negative flux is a measurement: those rows are sampled; three bands missing, no z, or z
+    beyond its range are bad input."""
     src = shared_path("nsa_lcs", "nsa_v0_1_2_lcs_subset.fits")
     t = Table.read(src, hdu=1)[:46]
     t = t[["NSAID", "RA", "DEC", "Z", "NMGY", "NMGY_IVAR", "EXTINCTION"]]
-    t["NMGY"][40, 3] = np.nan          # NaN flux
-    t["NMGY"][41, 4] = np.inf          # inf flux
-    t["NMGY"][42, 2] = -5.0            # negative flux
-    t["NMGY_IVAR"][43, 5] = 0.0        # ivar 0
+    t["NMGY"][40, 3] = np.nan          # NaN flux (g)
+    t["NMGY"][41, 4] = np.inf          # inf flux (r)
+    t["NMGY"][42, 2] = -5.0            # negative flux (u)
+    t["NMGY_IVAR"][43, [2, 3, 5]] = 0.0   # ivar 0 in u, g and i: two bands left
     t["Z"][44] = np.nan                # missing z
-    t["Z"][45] = 0.5                   # z far outside the training range
+    t["Z"][45] = 0.7                   # z outside the training range (0, 0.6]
     d = tmp_path_factory.mktemp("badcat")
     t.write(d / "bad.fits")
     out = d / "ingested"
@@ -49,12 +52,16 @@ def reference_run(bad_catalog, tmp_path_factory):
     return out, summary
 
 
-def test_every_row_once_with_flags(reference_run):
+def test_every_row_once_with_flags(reference_run, bad_catalog):
     out, summary = reference_run
     d = read_out(out)
     assert len(d) == 46 and d["id"].is_unique and summary["galaxies"] == 46
     flagged = d[d["flag_bad_input"]]
-    assert len(flagged) == 6 and (flagged["method"] == "none").all()
+    assert len(flagged) == 3 and (flagged["method"] == "none").all()
+    ids = ds.dataset(str(bad_catalog), format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+    rows = d.set_index("id").loc[ids[40:]]                          # the planted rows, in input order
+    assert list(rows["method"]) == ["anpe"] * 3 + ["none"] * 3
+    assert list(rows["flag_missing_bands"]) == [2, 4, 0, 1 | 2 | 8, 0, 0]
     assert flagged[[f"logmstar_{s}" for s in STATS]].isna().all().all()
     assert flagged["samples"].isna().all()
     good = d[~d["flag_bad_input"]]
@@ -65,7 +72,7 @@ def test_every_row_once_with_flags(reference_run):
     assert (good["logmstar_p2p5"] <= good["logmstar_p16"]).all() and (good["logmstar_p84"] <= good["logmstar_p97p5"]).all()
     first = good["samples"].iloc[0]
     assert set(first) == set(load_model().names) and len(first["logmstar"]) == 20
-    assert summary["flag_bad_input"] == 6 and summary["method_none"] == 6
+    assert summary["flag_bad_input"] == 3 and summary["method_none"] == 3
 
 
 def test_rerun_after_interruption_is_identical(reference_run, bad_catalog, tmp_path):
@@ -88,7 +95,7 @@ def test_rerun_after_interruption_is_identical(reference_run, bad_catalog, tmp_p
         run_inference(bad_catalog, out, n_samples=301, seed=5, progress=False)
 
 
-def test_infer_frame_in_process_and_flags(post, sed_model):
+def test_infer_frame_in_process_and_flags(post):
     """The in-process path (no Dask) on a hand-made frame; OOD checks fire where they should."""
     base = {"id": np.arange(4), "z": [0.03, 0.03, 0.03, 0.03], "flag_bad_input": False, "flag_quality": False}
     from sedflow.noise import NoiseModel
@@ -99,13 +106,19 @@ def test_infer_frame_in_process_and_flags(post, sed_model):
     err = np.sqrt(mu**2 + noise.floors**2)[0] * flux / 1.0857362     # typical errors at these magnitudes
     frame = pd.DataFrame({**base, **{f"flux_{b}": np.full(4, f) for b, f in zip("ugriz", flux)},
                           **{f"flux_err_{b}": np.full(4, e) for b, e in zip("ugriz", err)}})
-    frame.loc[1, "flux_err_r"] = 0.5 * flux[2]          # a huge error: sigma out of the noise model
+    frame.loc[1, "flux_err_r"] = 2.0 * flux[2]          # a huge error: sigma far out of the noise envelope
     frame.loc[2, "flux_u"] = 1000.0                      # absurdly blue u-g
-    frame.loc[3, "flux_err_g"] = -1.0                    # invalid error
+    frame.loc[3, ["flux_err_u", "flux_err_g", "flux_err_z"]] = -1.0    # invalid errors: two bands left
     x, flags = galaxy_checks(frame, post)
     assert list(flags["flag_bad_input"]) == [False, False, False, True]
+    assert list(flags["flag_missing_bands"]) == [0, 0, 0, 1 | 2 | 16]
     assert flags["flag_sigma_ood"][1] and not flags["flag_sigma_ood"][0]
     assert flags["flag_color_ood"][2] and not flags["flag_color_ood"][0]
+    # a u non-detection makes a wild u-g, but a colour of a non-detection is not a colour: not flagged
+    faint = frame.iloc[[0]].assign(flux_u=-0.5, flux_err_u=1.0)
+    _, faint_flags = galaxy_checks(faint, post)
+    assert not faint_flags["flag_color_ood"][0] and not faint_flags["flag_bad_input"][0]
+    sed_model = post.sed_model()
     table = infer_frame(frame, post, sed_model, n_samples=200, seed=0, property_samples=50)
     assert table.num_rows == 4 and table.column("method").to_pylist() == ["anpe", "anpe", "anpe", "none"]
     again = infer_frame(frame, post, sed_model, n_samples=200, seed=0, property_samples=50)
