@@ -25,7 +25,7 @@ from pathlib import Path
 BENCHMARKS = {
     "forward_model": "SEDModel.photometry vs the PROVABGS emulator",
     "simulate": "simulate_rows in-process and run_simulation with Ray",
-    "training": "training step throughput, default architecture vs coupling (shipped before the 2026-12 model) and paper",
+    "training": "training step throughput, default architecture vs coupling (shipped before) and paper",
     "sampling": "posterior sampling, default architecture vs coupling and paper",
     "infer": "ingest + infer end to end (Dask), shipped model vs the same pipeline with coupling",
     "ceiling": "sampler FLOP rate vs the fp32 matmul rate",

@@ -118,5 +118,5 @@ def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_e
     return NestedResult(samples=prior.from_unit_cube(draws), log_likelihood=draws_log_l, n_eff=float(sampler.n_eff),
                         log_evidence=float(sampler.log_z), converged=bool(converged),
                         n_evaluations=int(sampler.n_like), best_theta=theta_best, best_chi2=float(-2 * log_l[best]),
-                        seconds=time.perf_counter() - t0, seed=None if seed is None else int(seed), z=z, n_live=int(n_live), n_eff_target=int(n_eff),
-                        f_live=float(f_live))
+                        seconds=time.perf_counter() - t0, seed=None if seed is None else int(seed), z=z,
+                        n_live=int(n_live), n_eff_target=int(n_eff), f_live=float(f_live))
