@@ -68,8 +68,7 @@ def coupling_masks(n: int, transforms: int) -> list:
     return masks
 
 
-def realnvp(n_theta: int, n_x: int, hidden_features=(64, 64), transforms: int = 5, cache_context: bool = True,
-            seed: int | None = None):
+def realnvp(n_theta: int, n_x: int, hidden_features=(64, 64), transforms: int = 5, cache_context: bool = True):
     """An affine coupling flow q(theta | x) as an sbi `ZukoFlow`.
 
     Masks come in complementary pairs of random halves (fixed generator; stored with the
@@ -82,8 +81,6 @@ def realnvp(n_theta: int, n_x: int, hidden_features=(64, 64), transforms: int = 
     from sbi.neural_nets.estimators.zuko_flow import ZukoFlow
 
     layer = ContextCachedCoupling if cache_context else GeneralCouplingTransform
-    if seed is not None:
-        torch.manual_seed(seed)
     layers = [layer(n_theta, n_x, mask=m, hidden_features=tuple(hidden_features))
               for m in coupling_masks(n_theta, transforms)]
     flow = Flow(layers,

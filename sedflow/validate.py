@@ -92,7 +92,7 @@ def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
     request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": float(sims["z"][i]),
                "seed": int(seed + i), "sampler": reference, "options": dict(sorted((mcmc_options or {}).items())),
                "sed_model": sed.describe(), "prior": prior.to_dict()}
-    return json.loads(json.dumps(request, allow_nan=True))
+    return json.loads(json.dumps(request))      # NaN (a missing band's flux) round-trips as NaN
 
 
 def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address=None) -> list[tuple]:
