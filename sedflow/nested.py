@@ -5,8 +5,8 @@ of 10^3-10^4 iterations on a thin curved ridge: `sedflow.mcmc`). Nested sampling
 along the ridge; it shrinks the prior volume from the outside in. nautilus (Lange 2023,
 arXiv:2306.16923) learns the likelihood contours with neural-network regressors, and stops when
 the live set holds less than ``f_live`` of the evidence and the weighted posterior sample has an
-effective size >= ``n_eff`` (Kish's, of the importance weights). Those two are the convergence
-criterion reported (``converged``), with the evidence and its shell estimate.
+effective size >= ``n_eff``. Those two are the convergence criterion reported (``converged``),
+with the effective sample size and the evidence.
 
 Same target as `sedflow.mcmc.run_mcmc` (Hahn & Melchior 2022, Eq. 1): the Gaussian likelihood in
 flux of `sedflow.mcmc.log_likelihood`, unmeasured bands dropped (`check_measurements`), times the
@@ -88,8 +88,7 @@ def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_e
     n_live, n_eff, f_live, n_networks : nautilus's live points, target effective sample size,
     stopping fraction of the evidence in the live set and networks per bound (its default 4
     costs ~4x the time; the likelihood is cheap, the networks' training is most of a run).
-    n_like_max : likelihood calls after which it stops
-    unconverged. seed : nautilus's seed (and that of the equal-weight resampling).
+    n_like_max : likelihood calls after which it stops unconverged. seed : nautilus's seed.
     """
     from nautilus import Sampler
 

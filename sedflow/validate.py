@@ -73,11 +73,16 @@ def held_out_simulations(post, sed, n: int, seed: int) -> dict:
 REFERENCES = ("nautilus", "zeus")
 
 
+def _hard(flux) -> np.ndarray:
+    """Rows (or one row) with a non-detection (flux <= 0) or a missing band (NaN)."""
+    return np.any(~(np.asarray(flux) > 0), axis=-1)
+
+
 def reference_galaxies(sims, n: int) -> np.ndarray:
     """Indices of the ``n`` held-out galaxies compared with the reference sampler: the first ones,
     except that at least n // 5 of them (all there are, if fewer) have a non-detection or a
     missing band, the galaxies the input layout was built for."""
-    is_hard = np.any(~(sims["flux"] > 0), axis=1)            # flux <= 0 or NaN (missing) in some band
+    is_hard = _hard(sims["flux"])
     hard, easy = np.flatnonzero(is_hard), np.flatnonzero(~is_hard)
     if n > len(is_hard):
         raise ValueError(f"asked for {n} reference galaxies of {len(is_hard)} held-out simulations")
@@ -172,7 +177,7 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
         diagnostics = ({"n_eff": meta["n_eff"], "n_evaluations": meta["n_evaluations"]} if reference == "nautilus" else
                        {"max_autocorr_time": max(p["autocorr_time"] for p in meta["parameters"].values()),
                         "max_rhat": max(p["rhat"] for p in meta["parameters"].values())})
-        rows.append({"galaxy": int(i), "hard": bool(np.any(~(sims["flux"][i] > 0))),
+        rows.append({"galaxy": int(i), "hard": bool(_hard(sims["flux"][i])),
                      "offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
                      "reference_noise": _reference_noise(m, meta).tolist(),
                      "width_ratio": (np.std(a, 0) / sig).tolist(), "converged": bool(meta["converged"]),
