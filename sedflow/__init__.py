@@ -10,13 +10,17 @@ Example
 ...                   spec="nsa", n_samples=1000)
 >>> list(res.summary["method"])
 ['anpe']
+>>> pz = sedflow.fit([20.6, 60.2, 121.0, 170.3, 215.8], [2.1, 1.3, 2.2, 3.2, 6.2], None,   # no redshift
+...                  spec="nsa", n_samples=1000, model="photoz")
+>>> "z_p50" in pz.summary
+True
 """
 
 from sedflow.fitting import FitResult, fit
 from sedflow.posterior import load_model
-from sedflow.prior import PARAM_NAMES, Prior
+from sedflow.prior import PARAM_NAMES, Prior, PriorWithRedshift
 from sedflow.sps import BANDS, PROPERTY_NAMES, NMFBases, SEDModel, SSPGrid
 
 __version__ = "0.1.0"
-__all__ = ["fit", "FitResult", "load_model", "PARAM_NAMES", "PROPERTY_NAMES", "BANDS", "Prior", "SEDModel",
-           "NMFBases", "SSPGrid"]
+__all__ = ["fit", "FitResult", "load_model", "PARAM_NAMES", "PROPERTY_NAMES", "BANDS", "Prior", "PriorWithRedshift",
+           "SEDModel", "NMFBases", "SSPGrid"]

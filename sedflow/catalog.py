@@ -18,10 +18,12 @@ The standard form (a pandas DataFrame, one row per input row, same order, nothin
 ===================  ==========================================================
 ``id``               survey id (or the 0-based row number if the survey has none)
 ``ra``, ``dec``      degrees (when the survey has them)
-``z``                redshift
+``z``                redshift (NaN for a description with ``redshift: null``: a photometric catalog,
+                     for photo-z models)
 ``flux_{b}``         extinction-corrected flux [nanomaggies], b in the description's bands
 ``flux_err_{b}``     its 1-sigma error [nanomaggies] (floors added if the spec asks)
-``flag_bad_input``   non-finite or non-positive flux, error or ivar; non-finite z
+``flag_bad_input``   non-finite or non-positive flux, error or ivar; non-finite z (when the catalog
+                     has redshifts)
 ``flag_quality``     fails one of the description's quality cuts
 ===================  ==========================================================
 """
@@ -124,7 +126,7 @@ class CatalogSpec:
     bands: tuple
     flux: dict
     flux_error: dict
-    redshift: str
+    redshift: str | None          # None: no redshifts (photo-z models infer them)
     id: str | None = None
     ra: str | None = None
     dec: str | None = None
@@ -192,6 +194,8 @@ class CatalogSpec:
             load_filter(f)                                   # ValueError naming an unknown filter
         d["filters"] = tuple(str(f) for f in filters)
         d["cuts"] = d.get("cuts") or {}
+        if d["redshift"] is None and "redshift_range" in d["cuts"]:
+            raise ValueError(f"{where}: a redshift_range cut needs a redshift column (redshift is null)")
         units = d["flux"].get("units", "nanomaggies")
         if units not in FLUX_UNITS:
             raise ValueError(f"{where}: flux units {units!r} unknown; use one of {sorted(FLUX_UNITS)}")
@@ -221,7 +225,7 @@ class CatalogSpec:
         return cls(**d)
 
     def required_columns(self) -> list[str]:
-        cols = [self.redshift] + [c for c in (self.id, self.ra, self.dec) if c]
+        cols = [c for c in (self.redshift, self.id, self.ra, self.dec) if c]
         ext = self.extinction if self.extinction and not self.extinction.get("applied", False) else {}
         for block in (self.flux, self.flux_error, ext):
             cols += block.get("columns", [block["column"]] if "column" in block else [])
@@ -345,18 +349,20 @@ def standard_form(cols: dict, spec: CatalogSpec, apply_floors: bool = True) -> t
         if apply_floors and spec.mag_err_floor and not spec.floor_applied:
             floor = np.array([spec.mag_err_floor.get(b, 0.0) for b in spec.bands]) / MAG_ERR_PER_FRAC
             sigma = np.sqrt(sigma**2 + (floor * flux) ** 2)
-    z = np.asarray(cols[spec.redshift], dtype=float)
+    z = np.asarray(cols[spec.redshift], dtype=float) if spec.redshift else np.full(n, np.nan)
 
     bad_flux = ~np.isfinite(flux) | (flux <= 0)
     counts = {
         "rows": int(n),
         "nonfinite_or_nonpositive_flux": int(bad_flux.any(axis=1).sum()),
         "bad_flux_error": int(bad_err.any(axis=1).sum()),
-        "nonfinite_redshift": int((~np.isfinite(z)).sum()),
     }
-    flag_bad = bad_flux.any(axis=1) | bad_err.any(axis=1) | ~np.isfinite(z) | ~np.isfinite(sigma).all(axis=1)
+    flag_bad = bad_flux.any(axis=1) | bad_err.any(axis=1) | ~np.isfinite(sigma).all(axis=1)
+    if spec.redshift:
+        counts["nonfinite_redshift"] = int((~np.isfinite(z)).sum())
+        flag_bad |= ~np.isfinite(z)
     flag_quality = np.zeros(n, dtype=bool)
-    if "redshift_range" in spec.cuts:
+    if spec.redshift and "redshift_range" in spec.cuts:       # no redshifts: nothing to cut on
         lo, hi = spec.cuts["redshift_range"]
         with np.errstate(invalid="ignore"):
             cut = ~((z > lo) & (z <= hi))

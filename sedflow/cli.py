@@ -156,7 +156,7 @@ def _train(args) -> int:
     s = train(args.data_dir, args.out, arch=args.arch, workers=args.workers, batch_size=args.batch_size,
               max_epochs=args.max_epochs, lr=args.lr, patience=args.patience, seed=args.seed, address=args.address,
               lr_patience=args.lr_patience, lr_schedule=args.lr_schedule, inputs=args.inputs,
-              missing_fraction=args.missing_fraction)
+              missing_fraction=args.missing_fraction, infer_redshift=args.infer_redshift)
     print(f"trained {args.arch} ({s['parameters']:,} parameters) for {s['epochs']} epochs "
           f"(best {s['best_epoch']}, validation loss {s['best_val_loss']:.4f}) in {s['seconds']:.0f} s; "
           f"artifact in {s['artifact']}")
@@ -193,11 +193,16 @@ def _validate(args) -> int:
                {"n_walkers": args.mcmc_walkers, "n_steps": args.mcmc_steps, "burn_in": args.mcmc_burn_in})
     m = validate(args.out, model_path=args.model, n_test=args.n_test, n_samples=args.samples, n_mcmc=args.mcmc,
                  catalog=args.catalog, catalog_spec=args.spec, reference=args.reference, mcmc_options=options,
-                 address=args.address, mcmc_dir=args.mcmc_dir, baseline=args.baseline)
+                 address=args.address, mcmc_dir=args.mcmc_dir, baseline=args.baseline, specz_model=args.specz_model,
+                 photoz_samples=args.photoz_samples)
     cal = m["calibration"]["passes"]
     print(f"report: {Path(args.out) / 'report.md'}; SBC {'pass' if cal['sbc'] else 'FAIL'}, "
           f"p-p {'pass' if cal['pp'] else 'FAIL'}"
           + (f", {args.reference} agreement {'pass' if m['mcmc']['passes'] else 'FAIL'}" if "mcmc" in m else ""))
+    for r in m.get("photoz_real_data", []):
+        a = r["all"]
+        print(f"photo-z on {r['spec']} ({a['n']} galaxies): sigma_NMAD {a['sigma_nmad']:.4f}, bias {a['bias']:+.4f}, "
+              f"outliers {a['outlier_fraction']:.2%}, PIT KS p {a['pit_ks_pvalue']:.2g}")
     return 0 if all(cal.values()) and m.get("mcmc", {}).get("passes", True) else 1
 
 
@@ -249,7 +254,8 @@ def _mcmc(args) -> int:
     if len(args.flux) != nb or len(args.flux_err) != nb:
         raise ValueError(f"the model {args.model or 'sdss'} has {nb} bands {list(post.bands)}: give {nb} --flux "
                          f"and {nb} --flux-err values, got {len(args.flux)} and {len(args.flux_err)}")
-    result = run_mcmc(args.flux, args.flux_err, args.z, model=model, prior=post.prior, n_walkers=args.walkers,
+    prior = post.prior if args.z is None else post.prior.sed_prior     # --z given: condition on it
+    result = run_mcmc(args.flux, args.flux_err, args.z, model=model, prior=prior, n_walkers=args.walkers,
                       n_steps=args.steps, burn_in=args.burn_in, thin=args.thin, seed=args.seed,
                       progress=args.progress, tau_factor=args.tau_factor, rhat_max=args.rhat_max)
     print(_mcmc_report(result))
@@ -294,7 +300,9 @@ def _add_mcmc_parser(sub) -> None:
                    help="one flux per band of the model, in its band order [nanomaggies]")
     p.add_argument("--flux-err", type=float, nargs="+", required=True, metavar="E",
                    help="their 1-sigma uncertainties [nanomaggies]")
-    p.add_argument("--z", type=float, required=True, help="redshift")
+    p.add_argument("--z", type=float,
+                   help="redshift; without it z is free, a 13th parameter (uniform on the model's redshift range, "
+                        "or a photo-z model's redshift prior)")
     p.add_argument("--model", type=cli_path,
                    help="model whose SED model, filters and prior are used: a shipped name or a directory "
                         "(default: the shipped sdss model, SDSS ugriz)")
@@ -369,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for non-detections and missing bands (default mag)")
     t.add_argument("--missing-fraction", type=float,
                    help="share of training rows that lose 1-2 random bands (asinh only; default 0.2)")
+    t.add_argument("--infer-redshift", action="store_true",
+                   help="a photometric-redshift model: infer z with the galaxy's parameters from photometry alone "
+                        "(z's prior uniform on the simulated range)")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")
     t.set_defaults(func=_train)
 
@@ -409,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--spec", default="nsa", help="its catalog description (default nsa)")
     v.add_argument("--baseline", type=cli_path,
                    help="a model (name or directory) to compare posterior widths with on typical galaxies")
+    v.add_argument("--specz-model", type=cli_path, default="sdss",
+                   help="photo-z models: the spectroscopic-redshift model whose stellar masses they are compared "
+                        "with on real galaxies (default sdss)")
+    v.add_argument("--photoz-samples", type=int, default=1000,
+                   help="photo-z models: draws per real galaxy for the photo-z metrics (default 1000)")
     v.add_argument("--address", help="Ray address for the MCMC runs, one galaxy per CPU (default: local Ray)")
     v.add_argument("--mcmc-dir", type=cli_path,
                    help="where the MCMC chains are kept and reused from (default OUT/mcmc); they do not depend "

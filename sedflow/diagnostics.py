@@ -14,6 +14,8 @@ tensors; how the samples were made does not matter (as in ``sbi.diagnostics``).
 - TARP expected coverage (Lemos et al. 2023, arXiv:2302.03026), a joint test, through
   sbi's own implementation: :func:`tarp`, :func:`plot_tarp`.
 - :func:`calibration_report` gathers the numbers in a JSON-serialisable dict.
+- Photometric redshifts against spectroscopic ones: :func:`photoz_metrics` (sigma_NMAD,
+  outlier fraction, bias, PIT and its KS test), :func:`plot_photoz`.
 
 Example
 -------
@@ -48,9 +50,14 @@ __all__ = [
     "plot_pp",
     "plot_rank_histograms",
     "plot_tarp",
+    "photoz_metrics",
+    "plot_photoz",
 ]
 
 _PP_LEVELS = np.linspace(0.0, 1.0, 1001)
+
+
+PHOTOZ_OUTLIER = 0.15     # |dz| / (1 + z) beyond which a photo-z is an outlier (e.g. Beck et al. 2016, MNRAS 460, 1371)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -352,6 +359,56 @@ def calibration_report(
 
 
 # --------------------------------------------------------------------------- plots
+def photoz_metrics(z_samples: Any, z_spec: Any, outlier: float = PHOTOZ_OUTLIER) -> dict[str, Any]:
+    """Photometric redshifts (posterior draws ``z_samples`` (n, k)) against spectroscopic ones (n,).
+
+    With dz = (z_phot - z_spec) / (1 + z_spec), z_phot the posterior median: ``sigma_nmad`` =
+    1.4826 median|dz - median dz|, ``bias`` = median dz, ``outlier_fraction`` (|dz| > ``outlier``),
+    and the PIT, the fraction of each galaxy's draws below its z_spec (uniform for calibrated
+    posteriors): 20-bin ``pit_histogram`` and ``pit_ks_pvalue`` against U(0, 1).
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(1)
+    >>> z = rng.uniform(0.05, 0.5, 2000)
+    >>> draws = z[:, None] + 0.02 * (1 + z[:, None]) * rng.normal(size=(2000, 1)) \\
+    ...     + 0.02 * (1 + z[:, None]) * rng.normal(size=(2000, 400))   # calibrated posteriors
+    >>> m = photoz_metrics(draws, z)
+    >>> round(m["sigma_nmad"], 2), m["pit_ks_pvalue"] > 0.01
+    (0.02, True)
+    """
+    zs, zt = _numpy(z_samples), _numpy(z_spec).reshape(-1)
+    if zs.ndim != 2 or zs.shape[0] != zt.size:
+        raise ValueError(f"z_samples must be (n, k) for {zt.size} spectroscopic redshifts, got {zs.shape}")
+    z_phot = np.median(zs, axis=1)
+    dz = (z_phot - zt) / (1 + zt)
+    pit = np.mean(zs < zt[:, None], axis=1)
+    hist, _ = np.histogram(pit, bins=20, range=(0, 1))
+    return {"n": int(zt.size), "sigma_nmad": float(1.4826 * np.median(np.abs(dz - np.median(dz)))),
+            "bias": float(np.median(dz)), "mean_dz": float(np.mean(dz)), "std_dz": float(np.std(dz)),
+            "outlier_fraction": float(np.mean(np.abs(dz) > outlier)), "outlier_threshold": outlier,
+            "pit_ks_pvalue": float(stats.kstest(pit, "uniform").pvalue), "pit_histogram": hist.tolist(),
+            "pit_below_0p01_or_above_0p99": float(np.mean((pit < 0.01) | (pit > 0.99)))}
+
+
+def plot_photoz(z_phot: Any, z_spec: Any, pit: Any, path: str | Path, title: str | None = None) -> Path:
+    """z_phot vs z_spec (with the +-0.15 (1 + z) outlier lines) and the PIT histogram, side by side."""
+    zp, zt, pit = _numpy(z_phot), _numpy(z_spec), _numpy(pit)
+    fig = _figure(figsize=(9, 4))
+    ax, bx = fig.subplots(1, 2)
+    hi = float(max(zt.max(), zp.max()) * 1.05)
+    ax.plot(zt, zp, ".", ms=1.5, alpha=0.4)
+    grid = np.linspace(0, hi, 2)
+    ax.plot(grid, grid, "k-", lw=0.8)
+    for sgn in (-1, 1):
+        ax.plot(grid, grid + sgn * PHOTOZ_OUTLIER * (1 + grid), "k:", lw=0.8)
+    ax.set(xlim=(0, hi), ylim=(0, hi), xlabel="z_spec", ylabel="z_phot (posterior median)", title=title)
+    bx.hist(pit, bins=20, range=(0, 1), histtype="step", density=True)
+    bx.axhline(1.0, color="k", ls=":")
+    bx.set(xlabel="PIT (fraction of draws below z_spec)", ylabel="density", title="PIT")
+    return _save(fig, path)
+
+
 def _figure(**kw):
     # A bare Figure draws with Agg on savefig and never touches pyplot's global backend.
     from matplotlib.figure import Figure

@@ -85,12 +85,14 @@ def _rows(values, name: str, n_bands: int | None, n: int | None) -> np.ndarray:
 def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tuple[dict, CatalogSpec]:
     """Arrays in the description's units -> (columns, the description re-pointed at them)."""
     nb = len(spec.bands)
-    if flux_err is None or z is None:
-        raise ValueError("fit(flux, flux_err, z, spec=...): flux_err and z are needed with array input "
+    if flux_err is None:
+        raise ValueError("fit(flux, flux_err, z, spec=...): flux_err is needed with array input "
                          "(or pass one pandas DataFrame with the description's columns)")
     f = _rows(flux, "flux", nb, None)
     n = f.shape[0]
-    cols = {"flux": f, "flux_err": _rows(flux_err, "flux_err", nb, n), "z": _rows(z, "z", None, n)}
+    cols = {"flux": f, "flux_err": _rows(flux_err, "flux_err", nb, n)}
+    if z is not None:                  # None: no redshifts (a photo-z model infers them)
+        cols["z"] = _rows(z, "z", None, n)
     needs_extinction = bool(spec.extinction) and not spec.extinction.get("applied", False)
     kind = (spec.extinction or {}).get("kind", "mag")          # mag or transmission per band, or ebv per row
     if extinction is not None and not needs_extinction:
@@ -115,7 +117,7 @@ def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tup
         raise ValueError(f"ids must have one value per row ({n}), got shape {cols['id'].shape}")
     units = spec.flux.get("units", "nanomaggies")
     as_arrays = dataclasses.replace(
-        spec, id="id", ra=None, dec=None, redshift="z",
+        spec, id="id", ra=None, dec=None, redshift="z" if z is not None else None,
         flux={"column": "flux", "units": units},
         flux_error={"column": "flux_err", "kind": "sigma"},
         extinction={**{k: v for k, v in spec.extinction.items() if k in ("kind", "r_v", "ebv_scale")},
@@ -134,7 +136,8 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
             (then ``flux_err`` and ``z`` stay None, and errors are read as the description says,
             e.g. inverse variances).
         flux_err: 1-sigma flux errors, same shape and units as ``flux`` (array input).
-        z: spectroscopic redshift, one number or one per row (array input).
+        z: spectroscopic redshift, one number or one per row (array input); None for a photo-z
+            model (``model="photoz"``), which infers it (a spec-z model then refuses).
         spec: the catalog description: a shipped name (``"sdss_kcorrect"``, ``"nsa"``) or a YAML
             path. It says whether the fluxes are dereddened and which error floors to add.
         extinction: for array input when the description's fluxes are not extinction-corrected, as
@@ -146,7 +149,8 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
         keep_samples: draws per galaxy returned in ``samples`` (default all ``n_samples``;
             0 for summaries only, which saves n_rows x n_samples x 48 bytes).
         seed: random seed; ``sedflow infer --seed`` on the same rows as one partition agrees.
-        model: a model directory or a shipped model's name (default the shipped SDSS model).
+        model: a model directory or a shipped model's name (default the shipped SDSS model;
+            ``"photoz"``: the shipped SDSS photometric-redshift model, summaries gain ``z_*``).
         property_samples: draws per galaxy used for the derived properties (default 1,000).
         fallback: ``"mcmc"`` runs zeus MCMC for valid but out-of-distribution rows (slow).
 
@@ -162,8 +166,7 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
         >>> len(res), sorted(res.samples)[:2]
         (3, ['beta1', 'beta2'])
     """
-    from sedflow.infer import check_filters, infer_frame, load_models, partition_seed
-    from sedflow.prior import PARAM_NAMES
+    from sedflow.infer import check_filters, infer_frame, load_models, partition_seed, require_redshifts
 
     spec = CatalogSpec.load(spec)
     if isinstance(flux, pd.DataFrame):
@@ -183,8 +186,10 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
 
     post, sed = load_models(model)
     check_filters(post, spec.bands, spec.filters, f"the description {spec.name!r}")
+    require_redshifts(post, bool(spec.redshift) and (isinstance(flux, pd.DataFrame) or z is not None),
+                      "the input")
     table, draws = infer_frame(frame, post, sed, n_samples=int(n_samples), keep_samples=int(keep),
                                seed=partition_seed(seed, 0), property_samples=property_samples,
                                fallback=fallback, return_draws=True)
-    samples = {name: draws[:, :, j] for j, name in enumerate(PARAM_NAMES)} if keep else {}
+    samples = {name: draws[:, :, j] for j, name in enumerate(post.names)} if keep else {}
     return FitResult(summary=table.to_pandas(), samples=samples, inputs=frame, counts=counts)

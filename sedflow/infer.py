@@ -22,6 +22,11 @@ SED model the artifact was trained with.
 
 ``method`` is ``anpe``, ``mcmc`` (with ``--fallback mcmc``, for OOD-flagged, valid rows) or
 ``none`` (bad input).
+
+A photo-z model (``post.infers_redshift``) needs no redshift: it writes ``z_{mean,std,p2p5,...}``
+beside the parameters, the derived properties are marginalised over z (each draw's properties at
+its own z), and the catalog's redshift, where it has one, is kept as ``z_spec`` (NaN where none).
+A spectroscopic-redshift model refuses a catalog without redshifts.
 """
 
 from __future__ import annotations
@@ -43,29 +48,48 @@ from sedflow.prior import PARAM_NAMES
 from sedflow.sps.model import PROPERTY_NAMES
 from sedflow.storage import claim_output, write_parquet
 
-__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "output_schema", "check_filters", "galaxy_checks", "infer_frame",
-           "load_models", "partition_seed", "run_inference"]
+__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "summary_names", "output_schema", "check_filters", "require_redshifts",
+           "galaxy_checks", "infer_frame", "load_models", "partition_seed", "run_inference"]
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
 MISSING_BANDS = "flag_missing_bands"     # int32 bitmask: bit j set when the model's band j has no measurement
 COUNTED = FLAGS + (MISSING_BANDS,)       # summaries count the rows where each is set
-SUMMARY_NAMES = tuple(PARAM_NAMES) + tuple(PROPERTY_NAMES)
+SUMMARY_NAMES = tuple(PARAM_NAMES) + tuple(PROPERTY_NAMES)          # a spec-z model's; `summary_names`
 QUANTILES = {"p2p5": 2.5, "p16": 16.0, "p50": 50.0, "p84": 84.0, "p97p5": 97.5}
 STATS = ("mean", "std") + tuple(QUANTILES)
 MANIFEST = "_inference.json"
 
 
-def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc: bool = False) -> pa.Schema:
+def summary_names(photoz: bool = False) -> tuple:
+    """The quantities summarised per galaxy: the parameters (and z for a photo-z model), then the
+    derived properties."""
+    return tuple(PARAM_NAMES) + (("z",) if photoz else ()) + tuple(PROPERTY_NAMES)
+
+
+def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc: bool = False,
+                  photoz: bool = False) -> pa.Schema:
     fields = [pa.field("id", id_type)]
-    fields += [pa.field(f"{n}_{s}", pa.float64()) for n in SUMMARY_NAMES for s in STATS]
+    fields += [pa.field(f"{n}_{s}", pa.float64()) for n in summary_names(photoz) for s in STATS]
+    if photoz:
+        fields += [pa.field("z_spec", pa.float64(), metadata={"description": "the catalog's redshift (NaN: none)"})]
     fields += [pa.field(f, pa.bool_()) for f in FLAGS]
     fields += [pa.field(MISSING_BANDS, pa.int32())]
     fields += [pa.field("method", pa.string())]
     if mcmc:
         fields += [pa.field("mcmc_converged", pa.bool_())]
     if keep_samples:
-        fields += [pa.field("samples", pa.struct([pa.field(n, pa.list_(pa.float32())) for n in PARAM_NAMES]))]
-    return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples)})
+        names = tuple(PARAM_NAMES) + (("z",) if photoz else ())
+        fields += [pa.field("samples", pa.struct([pa.field(n, pa.list_(pa.float32())) for n in names]))]
+    return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples),
+                                       "redshift": "inferred" if photoz else "given"})
+
+
+def require_redshifts(post: PosteriorModel, has_redshift: bool, what="the catalog") -> None:
+    """ValueError when a spectroscopic-redshift model is given a catalog without redshifts."""
+    if not has_redshift and not post.infers_redshift:
+        raise ValueError(f"{what} has no redshifts and this model conditions "
+                         "on a spectroscopic redshift: use a photometric-redshift model (--model photoz, "
+                         "model='photoz')")
 
 
 def check_filters(post: PosteriorModel, bands, filters=None, what="the catalog") -> None:
@@ -84,12 +108,16 @@ def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray
         raise ValueError(f"the catalog lacks the model's columns {absent} (bands {list(post.bands)})")
     flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy(dtype=float)
     err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy(dtype=float)
-    z = frame["z"].to_numpy(dtype=float)
-    x = post.inputs.observables(flux, err, z)
+    if post.infers_redshift:            # the catalog's z, if any, is not an input
+        x, bad = post.inputs.observables(flux, err), np.zeros(len(frame), bool)
+    else:
+        z = frame["z"].to_numpy(dtype=float)
+        x = post.inputs.observables(flux, err, z)
+        zlo, zhi = post.config["ood"]["z_range"]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(z) | (z < zlo) | (z > zhi)
     missing = post.inputs.missing(flux, err)
-    zlo, zhi = post.config["ood"]["z_range"]
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(z) | (z < zlo) | (z > zhi)
         if post.inputs.kind == "mag":       # log magnitudes: every band measured and positive
             bad |= ~np.all(np.isfinite(x), axis=1) | np.any(flux <= 0, axis=1) | np.any(err <= 0, axis=1)
             if "flag_bad_input" in frame:
@@ -134,7 +162,9 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     if frame["id"].duplicated().any():
         raise ValueError("duplicated ids in the input partition: ids must be unique")
     x, flags = galaxy_checks(frame, post)
-    z = frame["z"].to_numpy(dtype=float)
+    photoz = post.infers_redshift
+    z = frame["z"].to_numpy(dtype=float) if "z" in frame else np.full(n, np.nan)
+    names = post.names                   # PARAM_NAMES (+ "z")
     good = ~flags["flag_bad_input"]
     method = np.where(good, "anpe", "none").astype(object)
     out_of_dist = flags["flag_sigma_ood"] | flags["flag_color_ood"] | flags["flag_posterior_ood"]
@@ -144,20 +174,21 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     anpe_seed = int(anpe_seq.generate_state(1)[0])
 
     cols = {"id": frame["id"].to_numpy()}
-    summ = {f"{name}_{s}": np.full(n, np.nan) for name in SUMMARY_NAMES for s in STATS}
-    draws = np.full((n, max(keep_samples, 0), len(PARAM_NAMES)), np.nan, dtype=np.float32)
+    summ = {f"{name}_{s}": np.full(n, np.nan) for name in summary_names(photoz) for s in STATS}
+    draws = np.full((n, max(keep_samples, 0), len(names)), np.nan, dtype=np.float32)
     converged = np.full(n, None, dtype=object)
 
     def record(rows, theta, z):
-        """theta (k, n_draws, 12) for rows (k,) -> summaries, derived properties, kept draws."""
-        for j, name in enumerate(PARAM_NAMES):
+        """theta (k, n_draws, 12; 13 with z) for rows (k,) -> summaries, derived properties, kept draws."""
+        for j, name in enumerate(names):
             for s, v in _summaries(theta[:, :, j]).items():
                 summ[f"{name}_{s}"][rows] = v
         m = min(property_samples, theta.shape[1])
         pick = np.random.default_rng(prop_seed).choice(theta.shape[1], size=m, replace=False) \
             if m < theta.shape[1] else np.arange(m)
         sub = theta[:, pick].reshape(-1, theta.shape[-1])
-        props = sed.properties(sub, np.repeat(z, m))
+        # photo-z: each draw's properties at its own z (marginalised over z)
+        props = sed.properties(sub[:, :len(PARAM_NAMES)], sub[:, -1] if photoz else np.repeat(z, m))
         for name in PROPERTY_NAMES:
             for s, v in _summaries(props[name].reshape(len(rows), m)).items():
                 summ[f"{name}_{s}"][rows] = v
@@ -176,7 +207,7 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
         flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy(dtype=float)
         err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy(dtype=float)
         for i, child in zip(np.flatnonzero(use_mcmc), mcmc_seed.spawn(int(use_mcmc.sum()))):
-            res = run_mcmc(flux[i], err[i], z[i], model=sed, prior=post.prior,
+            res = run_mcmc(flux[i], err[i], None if photoz else z[i], model=sed, prior=post.prior,
                            seed=int(child.generate_state(1)[0]), **(mcmc_options or {}))
             s = res.samples
             k = np.random.default_rng(child).choice(len(s), size=min(n_samples, len(s)), replace=False)
@@ -184,11 +215,13 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
             converged[i] = bool(res.converged)
 
     cols.update(summ)
+    if photoz:
+        cols["z_spec"] = z
     cols.update(flags)
     cols["method"] = method
     ids = frame["id"]
     id_type = pa.string() if ids.dtype == object or pd.api.types.is_string_dtype(ids) else pa.int64()
-    schema = output_schema(id_type, 0 if return_draws else keep_samples, mcmc=fallback == "mcmc")
+    schema = output_schema(id_type, 0 if return_draws else keep_samples, mcmc=fallback == "mcmc", photoz=photoz)
     if fallback == "mcmc":
         cols["mcmc_converged"] = converged
     arrays = [pa.array(cols[f.name], type=f.type, from_pandas=True) for f in schema if f.name != "samples"]
@@ -197,7 +230,7 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     if keep_samples:
         lists = [pa.ListArray.from_arrays(np.arange(0, n * keep_samples + 1, keep_samples, dtype=np.int32),
                                           pa.array(draws[:, :, j].ravel(), pa.float32()))
-                 for j in range(len(PARAM_NAMES))]
+                 for j in range(len(names))]
         struct = pa.StructArray.from_arrays(lists, fields=list(schema.field("samples").type),
                                             mask=pa.array(~good))
         arrays.append(struct)
@@ -299,8 +332,8 @@ def _ingested_input(catalog_dir) -> dict | None:
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
-    return {k: m.get(k) for k in ("spec", "bands", "filters", "input", "max_rows", "rows_in", "layout",
-                                  "partition_rows", "healpix_order")}
+    keys = ("spec", "bands", "filters", "input", "max_rows", "rows_in", "layout", "partition_rows", "healpix_order")
+    return {k: m.get(k) for k in keys + (("has_redshift",) if "has_redshift" in m else ())}
 
 
 def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000, keep_samples: int = 0,
@@ -322,6 +355,9 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
     catalog_input = _ingested_input(catalog_dir)
     if catalog_input and catalog_input.get("bands"):
         check_filters(post, catalog_input["bands"], catalog_input.get("filters"), f"the catalog {catalog_dir}")
+    if catalog_input:
+        require_redshifts(post, catalog_input.get("has_redshift") is not False,
+                          f"the catalog {catalog_dir} (its description says redshift: null)")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"model": str(model_path_of(model_path).resolve()) if model_path else None,

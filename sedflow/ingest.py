@@ -236,6 +236,7 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
         summary = {
             "format": _FORMAT,
             "spec": spec.name,
+            "has_redshift": bool(spec.redshift),
             "bands": list(spec.bands),
             "filters": list(spec.filters),
             "input": {"name": input_path.name, "sha256": sha, "bytes": input_path.stat().st_size},

@@ -78,13 +78,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sedflow.posterior import MIN_VALID_BANDS
-from sedflow.prior import PARAM_NAMES, Prior
+from sedflow.prior import PARAM_NAMES, Prior, PriorWithRedshift
 from sedflow.storage import write_parquet
 
 if TYPE_CHECKING:
     from sedflow.sps.model import SEDModel
 
-__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "check_measurements", "check_prior", "split_rhat",
+__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "check_measurements", "check_prior", "free_redshift_prior", "split_rhat",
            "write_samples", "read_samples",
            "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
 
@@ -141,7 +141,7 @@ class McmcResult:
     burn_in: int
     thin: int
     seed: int | None
-    z: float
+    z: float | None
     tau_factor: float
     rhat_max: float
     names: tuple = PARAM_NAMES
@@ -179,9 +179,12 @@ class McmcResult:
 def log_likelihood(model, theta, z, flux, flux_err) -> np.ndarray:
     """Gaussian log-likelihood in flux (Hahn & Melchior 2022, Eq. 1), shape (n,).
 
-    theta (n, 12) inside the prior; flux, flux_err (n_bands,) in nanomaggies. Non-finite model
+    theta (n, 12) inside the prior; with ``z=None`` theta (n, 13), z its last column (a free
+    redshift, `PriorWithRedshift`). flux, flux_err (n_bands,) in nanomaggies. Non-finite model
     fluxes give ``-inf``.
     """
+    if z is None:
+        theta, z = theta[:, :-1], theta[:, -1]
     f = model.photometry(theta, z)
     with np.errstate(invalid="ignore", over="ignore"):
         ll = -0.5 * np.sum(((f - flux) / flux_err) ** 2, axis=1)
@@ -292,7 +295,7 @@ def check_measurements(model, flux, flux_err, z):
     """(flux, flux_err, z) for the likelihood of one galaxy, checked: a band without a measurement
     (NaN flux, non-finite or non-positive error) drops out (its error becomes infinite, its flux
     0); fluxes <= 0 with an error are measurements; >= `MIN_VALID_BANDS` must remain and z must
-    lie in the model's range."""
+    lie in the model's range (None: z is free, inferred)."""
     nb = len(model.band_names)
     flux = np.asarray(flux, dtype=float)
     flux_err = np.asarray(flux_err, dtype=float)
@@ -305,6 +308,8 @@ def check_measurements(model, flux, flux_err, z):
         raise ValueError(f"need >= {MIN_VALID_BANDS} bands with a finite flux and an error > 0, got "
                          f"flux {flux.tolist()}, flux_err {flux_err.tolist()}")
     flux, flux_err = np.where(measured, flux, 0.0), np.where(measured, flux_err, np.inf)
+    if z is None:
+        return flux, flux_err, None
     try:
         z = float(z)
     except (TypeError, ValueError):
@@ -315,12 +320,29 @@ def check_measurements(model, flux, flux_err, z):
 
 
 def check_prior(model, prior):
-    """Refuse a prior that reaches outside the SED model's."""
+    """Refuse a prior that reaches outside the SED model's (parameters, and a free z's range)."""
+    if isinstance(prior, PriorWithRedshift):
+        lo, hi = prior.z_range
+        if hi > model.phot.z_max or lo < model.phot.z_min:
+            raise ValueError(f"the redshift prior {prior.z_range} reaches outside the model's range "
+                             f"({model.phot.z_min}, {model.phot.z_max}]")
+        prior = prior.sed_prior
     if prior != model.prior:
         for k, (lo, hi) in prior.bounds.items():
             mlo, mhi = model.prior.bounds[k]
             if lo < mlo or hi > mhi:
                 raise ValueError(f"prior bounds for {k} {(lo, hi)} reach outside the model's prior {(mlo, mhi)}")
+
+
+def free_redshift_prior(model, prior, z):
+    """The prior to sample: ``prior`` (default the model's); with ``z=None`` (redshift free) a
+    `PriorWithRedshift`, z uniform on the model's redshift range unless ``prior`` already is one."""
+    prior = model.prior if prior is None else prior
+    if z is None and not isinstance(prior, PriorWithRedshift):
+        return PriorWithRedshift(prior, (max(model.phot.z_min, 0.0), model.phot.z_max))
+    if z is not None and isinstance(prior, PriorWithRedshift):
+        raise ValueError("a prior with a redshift samples z: pass z=None, or a Prior to condition on z")
+    return prior
 
 
 def _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, thin, tau_factor, rhat_max):
@@ -386,7 +408,9 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
     ----------
     flux, flux_err : (5,) observed fluxes and 1-sigma uncertainties [nanomaggies]; fluxes may be
         negative (noise), uncertainties must be > 0, all finite.
-    z : redshift, in the model's range (0, z_max]; conditioning, not inferred.
+    z : redshift, in the model's range (0, z_max]; conditioning, not inferred. None: z is free
+        (photometric redshift), a 13th parameter with `PriorWithRedshift` (uniform on the model's
+        range unless ``prior`` is one); samples then have z as their last column.
     model : `SEDModel` (default `SEDModel.default()`, ~2-4 s to build: pass one when running many).
     prior : `Prior` (default ``model.prior``); must lie inside the model's prior.
     n_walkers, n_steps, burn_in : zeus walkers, total iterations, iterations discarded.
@@ -424,7 +448,7 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
         from sedflow.sps.model import SEDModel
 
         model = SEDModel.default()
-    prior = model.prior if prior is None else prior
+    prior = free_redshift_prior(model, prior, z)
     flux, flux_err, z = _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, thin,
                                       tau_factor, rhat_max)
     n_walkers, n_steps, burn_in, thin = int(n_walkers), int(n_steps), int(burn_in), int(thin)
@@ -499,7 +523,7 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
         efficiency=float(np.mean(ess[np.isfinite(ess)]) / ncall) if ncall and np.isfinite(ess).any() else float("nan"),
         best_theta=samples[ibest].copy(), best_chi2=float(-2.0 * log_like[ibest]), seconds=seconds,
         scale_factor=float(sampler.mu), n_walkers=n_walkers, n_steps=n_steps, burn_in=burn_in, thin=thin,
-        seed=seed, z=z, tau_factor=float(tau_factor), rhat_max=float(rhat_max),
+        seed=seed, z=z, tau_factor=float(tau_factor), rhat_max=float(rhat_max), names=tuple(prior.names),
     )
 
 
@@ -530,12 +554,12 @@ def write_samples(result: McmcResult, path, flux=None, flux_err=None, extra: dic
 
 
 def read_samples(path) -> tuple[np.ndarray, dict]:
-    """Samples (n, 12) and the metadata dict of a file written by `write_samples`."""
+    """Samples (n, 12), (n, 13) with a free z, and the metadata dict of a file written by `write_samples`."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     meta = (table.schema.metadata or {}).get(b"sedflow.mcmc")
-    if meta is None or table.column_names != list(PARAM_NAMES):
-        raise ValueError(f"{path} is not an MCMC sample file written by sedflow (columns {PARAM_NAMES})")
-    samples = np.column_stack([table.column(n).to_numpy() for n in PARAM_NAMES])
+    if meta is None or table.column_names not in (list(PARAM_NAMES), list(PARAM_NAMES) + ["z"]):
+        raise ValueError(f"{path} is not an MCMC sample file written by sedflow (columns {PARAM_NAMES} [+ z])")
+    samples = np.column_stack([table.column(n).to_numpy() for n in table.column_names])
     return samples, json.loads(meta)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sedflow.mcmc import _blas_threads, check_measurements, check_prior, log_likelihood
+from sedflow.mcmc import _blas_threads, check_measurements, check_prior, free_redshift_prior, log_likelihood
 from sedflow.prior import PARAM_NAMES
 
 __all__ = ["NestedResult", "run_nested"]
@@ -60,7 +60,7 @@ class NestedResult:
     best_chi2: float
     seconds: float
     seed: int | None
-    z: float
+    z: float | None
     n_live: int
     n_eff_target: int
     f_live: float
@@ -84,7 +84,8 @@ def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_e
     """Sample the posterior of one galaxy with nautilus (module docstring).
 
     flux, flux_err : (n_bands,) nanomaggies (NaN flux or error <= 0: band not measured).
-    z : redshift. model : `SEDModel` (default `SEDModel.default()`); prior : its prior by default.
+    z : redshift; None: z free (a 13th parameter, `sedflow.mcmc.free_redshift_prior`).
+    model : `SEDModel` (default `SEDModel.default()`); prior : its prior by default.
     n_live, n_eff, f_live, n_networks : nautilus's live points, target effective sample size,
     stopping fraction of the evidence in the live set and networks per bound (its default 4
     costs ~4x the time; the likelihood is cheap, the networks' training is most of a run).
@@ -96,7 +97,7 @@ def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_e
         from sedflow.sps.model import SEDModel
 
         model = SEDModel.default()
-    prior = model.prior if prior is None else prior
+    prior = free_redshift_prior(model, prior, z)
     flux, flux_err, z = check_measurements(model, flux, flux_err, z)
     check_prior(model, prior)
 
@@ -118,4 +119,4 @@ def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_e
                         log_evidence=float(sampler.log_z), converged=bool(converged),
                         n_evaluations=int(sampler.n_like), best_theta=theta_best, best_chi2=float(-2 * log_l[best]),
                         seconds=time.perf_counter() - t0, seed=None if seed is None else int(seed), z=z,
-                        n_live=int(n_live), n_eff_target=int(n_eff), f_live=float(f_live))
+                        n_live=int(n_live), n_eff_target=int(n_eff), f_live=float(f_live), names=tuple(prior.names))

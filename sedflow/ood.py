@@ -68,11 +68,13 @@ def fit_thresholds(features: np.ndarray, x_mean, x_std, layout, bin_width: float
         if not both.any():
             raise ValueError(f"colour {c}: no training row measures both bands to {COLOUR_MAX_MAG_ERR} mag")
         colours[c] = np.percentile(mags[both, i] - mags[both, i + 1], [0.1, 99.9]).tolist()
-    return {"sigma_mag_p99p9": sigma, "colour_percentiles_0p1_99p9": colours,
-            "colour_max_mag_err": COLOUR_MAX_MAG_ERR,
-            "z_range": [float(features[:, 2 * nb].min()), float(features[:, 2 * nb].max())],
-            "mahalanobis_precision": prec.tolist(),
-            "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
+    out = {"sigma_mag_p99p9": sigma, "colour_percentiles_0p1_99p9": colours,
+           "colour_max_mag_err": COLOUR_MAX_MAG_ERR,
+           "mahalanobis_precision": prec.tolist(),
+           "mahalanobis_d2_99p9": float(np.percentile(d2, 99.9))}
+    if layout.redshift:      # a photo-z model's x has no z: its range is the prior's
+        out["z_range"] = [float(features[:, 2 * nb].min()), float(features[:, 2 * nb].max())]
+    return out
 
 
 def flags(x: np.ndarray, good: np.ndarray, post) -> dict:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from sedflow.catalog import MAG_ERR_PER_FRAC
-from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
+from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, PriorWithRedshift, prior_from_dict
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS, nanomaggies_to_mag
 from sedflow.storage import atomic_write, file_sha256, write_json
 
@@ -132,6 +132,7 @@ class InputLayout:
     bands: tuple
     kind: str = "mag"
     softening: tuple | None = None
+    redshift: bool = True          # False: a photo-z model's x, photometry only (z is inferred)
 
     def __post_init__(self):
         object.__setattr__(self, "bands", tuple(self.bands))
@@ -145,9 +146,10 @@ class InputLayout:
     @property
     def names(self) -> tuple:
         """The columns of x."""
+        z = ["z"] if self.redshift else []
         if self.kind == "mag":
-            return tuple([f"mag_{b}" for b in self.bands] + [f"mag_err_{b}" for b in self.bands] + ["z"])
-        return tuple([f"asinh_mag_{b}" for b in self.bands] + [f"asinh_mag_err_{b}" for b in self.bands] + ["z"]
+            return tuple([f"mag_{b}" for b in self.bands] + [f"mag_err_{b}" for b in self.bands] + z)
+        return tuple([f"asinh_mag_{b}" for b in self.bands] + [f"asinh_mag_err_{b}" for b in self.bands] + z
                      + [f"missing_{b}" for b in self.bands])
 
     def missing(self, flux, err) -> np.ndarray:
@@ -156,22 +158,28 @@ class InputLayout:
         with np.errstate(invalid="ignore"):
             return ~(np.isfinite(flux) & np.isfinite(err) & (err > 0))
 
-    def observables(self, flux, err, z) -> np.ndarray:
-        """x (n, len(names)) from fluxes and 1-sigma errors (n, n_bands) [nanomaggies] and z (n,).
+    def observables(self, flux, err, z=None) -> np.ndarray:
+        """x (n, len(names)) from fluxes and 1-sigma errors (n, n_bands) [nanomaggies] and z (n,)
+        (ignored, and may be None, for a layout without redshift).
 
         Unusable entries come out NaN/inf (mag: non-positive flux; asinh: missing bands), without
         warnings."""
         flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
-        z = np.asarray(z, dtype=float).reshape(-1)
+        if self.redshift:
+            if z is None:
+                raise ValueError("this model conditions on the redshift: give z (a photo-z model infers it)")
+            zcol = [np.asarray(z, dtype=float).reshape(-1)]
+        else:
+            zcol = []
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.kind == "mag":
-                return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux, z])
+                return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux, *zcol])
             s = np.asarray(self.softening)
             miss = self.missing(flux, err)
             mu = 22.5 - ASINH * (np.arcsinh(flux / (2 * s)) + np.log(s))
             sigma = ASINH * err / np.sqrt(flux**2 + 4 * s**2)
             mu[miss], sigma[miss] = np.nan, np.nan
-            return np.column_stack([mu, sigma, z, miss.astype(float)])
+            return np.column_stack([mu, sigma, *zcol, miss.astype(float)])
 
     def features(self, x) -> np.ndarray:
         """x -> network features before standardisation: log10 of the errors."""
@@ -188,21 +196,22 @@ class InputLayout:
         f = (features - mean) / std
         if self.kind == "asinh":
             nb = len(self.bands)
-            miss = features[:, 2 * nb + 1:] > 0.5
+            miss = features[:, 2 * nb + int(self.redshift):] > 0.5
             f[:, :nb][miss] = 0.0
             f[:, nb:2 * nb][miss] = 0.0
         return f
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "bands": list(self.bands),
-                **({"softening_nanomaggies": list(self.softening)} if self.softening else {})}
+                **({"softening_nanomaggies": list(self.softening)} if self.softening else {}),
+                **({} if self.redshift else {"redshift": False})}
 
     @classmethod
     def from_dict(cls, d: dict | None, bands) -> "InputLayout":
         """The layout an artifact records (none recorded: SEDflow's log magnitudes)."""
         if not d:
             return cls(tuple(bands))
-        return cls(tuple(d.get("bands", bands)), d["kind"], d.get("softening_nanomaggies"))
+        return cls(tuple(d.get("bands", bands)), d["kind"], d.get("softening_nanomaggies"), d.get("redshift", True))
 
 
 def x_names(bands) -> tuple:
@@ -210,9 +219,9 @@ def x_names(bands) -> tuple:
     return InputLayout(bands).names
 
 
-def build_estimator(arch: str | dict, n_x: int):
-    """A fresh (untrained) sbi density estimator for 11-dim u given ``n_x``-dim x (`BUILDERS`
-    names the function that builds each model).
+def build_estimator(arch: str | dict, n_x: int, n_theta: int = len(UNCONSTRAINED_NAMES)):
+    """A fresh (untrained) sbi density estimator for ``n_theta``-dim u (11; 12 with the redshift of a
+    photo-z model) given ``n_x``-dim x (`BUILDERS` names the function that builds each model).
 
     Standardisation is done outside the network (stored in the artifact), so sbi's
     z-scoring is off and the network is fully determined by the architecture.
@@ -226,11 +235,11 @@ def build_estimator(arch: str | dict, n_x: int):
     if kwargs["model"] == "sedflow_realnvp":
         from sedflow.flows import realnvp
 
-        return realnvp(len(UNCONSTRAINED_NAMES), n_x, kwargs["hidden_features"], kwargs["num_transforms"])
+        return realnvp(n_theta, n_x, kwargs["hidden_features"], kwargs["num_transforms"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unknown kwargs passed to ConditionalFlowConfig")
         builder = posterior_nn(z_score_theta="none", z_score_x="none", **kwargs)
-        dummy = torch.zeros(2, len(UNCONSTRAINED_NAMES)), torch.zeros(2, n_x)
+        dummy = torch.zeros(2, n_theta), torch.zeros(2, n_x)
         return builder(*dummy)
 
 
@@ -255,7 +264,9 @@ class PosteriorModel:
         std = config["standardization"]
         self.x_mean, self.x_std = np.array(std["x_mean"]), np.array(std["x_std"])
         self.u_mean, self.u_std = np.array(std["u_mean"]), np.array(std["u_std"])
-        self.prior = Prior.from_dict(config["prior"])
+        self.prior = prior_from_dict(config["prior"])      # with z for a photo-z model
+        self.infers_redshift = isinstance(self.prior, PriorWithRedshift)
+        self.kind = "photoz" if self.infers_redshift else "specz"
         self.arch = config["architecture"]["name"]
         self.bands = tuple(config["bands"])
         self.filters = tuple(config["filters"])
@@ -266,7 +277,7 @@ class PosteriorModel:
         """The SED model this posterior was trained with (derived properties, MCMC, held-out sims)."""
         from sedflow.sps.model import SEDModel
 
-        return SEDModel.from_description(self.config["sed_model"], prior=self.prior, **kwargs)
+        return SEDModel.from_description(self.config["sed_model"], prior=self.prior.sed_prior, **kwargs)
 
     # ------------------------------------------------------------------ inputs
     def _x_tensor(self, x):
@@ -286,12 +297,12 @@ class PosteriorModel:
 
     # ------------------------------------------------------------------ sampling
     def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
-        """Draws of u (n_gal, n, 11) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws."""
+        """Draws of u (n_gal, n, 11, or 12 with z) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws."""
         import torch
 
         xt = self._x_tensor(x)
         n_gal = xt.shape[0]
-        out = np.empty((n_gal, n, len(UNCONSTRAINED_NAMES)), dtype=np.float64)
+        out = np.empty((n_gal, n, self.prior.ndim_unconstrained), dtype=np.float64)
         per_call = max(1, chunk_rows // max(n, 1))     # galaxies per call
         draws = min(n, chunk_rows)                     # draws per galaxy per call
         with torch.random.fork_rng(), torch.inference_mode():
@@ -305,13 +316,14 @@ class PosteriorModel:
         return out * self.u_std + self.u_mean
 
     def sample(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
-        """Posterior draws theta (n_gal, n, 12) in the physical parameterisation (PARAM_NAMES order)."""
+        """Posterior draws theta (n_gal, n, 12) in the physical parameterisation (`names` order: PARAM_NAMES,
+        and z last for a photo-z model: (n_gal, n, 13))."""
         u = self.sample_unconstrained(x, n, seed=seed, chunk_rows=chunk_rows)
         return self.prior.from_unconstrained(u.reshape(-1, u.shape[-1])).reshape(u.shape[0], n, -1)
 
     def log_prob(self, theta, x) -> np.ndarray:
-        """log q(theta | x) per row (theta (m, 12) with x (m, n_x) or one x (n_x,)), density over
-        the prior's 11 free coordinates (beta4 implied)."""
+        """log q(theta | x) per row (theta (m, 12), 13 with z, with x (m, n_x) or one x (n_x,)), density
+        over the prior's free coordinates (beta4 implied)."""
         import torch
 
         theta = self.prior.check(theta)
@@ -330,8 +342,9 @@ class PosteriorModel:
         return out
 
     @property
-    def names(self):
-        return PARAM_NAMES
+    def names(self) -> tuple:
+        """The columns of `sample`: PARAM_NAMES, and "z" for a photo-z model."""
+        return self.prior.names
 
 
 def save_model(path, net, config: dict) -> Path:
@@ -346,8 +359,9 @@ def save_model(path, net, config: dict) -> Path:
     atomic_write(path / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
     layout = InputLayout.from_dict(config.get("x_layout"), config["bands"])
     config = {**config, "format_version": FORMAT_VERSION, "kind": "sedflow.posterior", "x_layout": layout.to_dict(),
-              "x_names": list(layout.names), "theta_names": list(PARAM_NAMES),
-              "u_names": list(UNCONSTRAINED_NAMES), "versions": _versions(),
+              "x_names": list(layout.names), "theta_names": list(prior_from_dict(config["prior"]).names),
+              "u_names": list(UNCONSTRAINED_NAMES) + (["u_z"] if not layout.redshift else []),
+              "versions": _versions(),
               "weights_sha256": file_sha256(path / WEIGHTS)}
     write_json(path / CONFIG, config)
     return path
@@ -388,15 +402,20 @@ def load_model(model=None) -> PosteriorModel:
         layout = InputLayout.from_dict(config.get("x_layout"), bands)
     except (ValueError, KeyError, TypeError) as e:
         raise ArtifactError(f"{path}: its input layout is invalid ({e})") from None
+    try:
+        prior = prior_from_dict(config["prior"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{path}: its prior is invalid ({e})") from None
     if (list(config.get("x_names", [])) != list(layout.names) or len(config.get("filters") or []) != len(bands)
-            or list(config.get("theta_names", [])) != list(PARAM_NAMES)):
+            or list(config.get("theta_names", [])) != list(prior.names)
+            or layout.redshift == isinstance(prior, PriorWithRedshift)):
         raise ArtifactError(f"{path}: its bands, filters, x or theta definitions are inconsistent or differ from "
                             "this sedflow's")
     digest = file_sha256(path / WEIGHTS)
     if digest != config.get("weights_sha256"):
         raise ArtifactError(f"{path / WEIGHTS} is corrupted or was modified: sha256 {digest[:12]}... does not match "
                             f"the config's {str(config.get('weights_sha256'))[:12]}...")
-    net = build_estimator(config["architecture"]["kwargs"], n_x=len(config["x_names"]))
+    net = build_estimator(config["architecture"]["kwargs"], n_x=len(config["x_names"]), n_theta=prior.ndim_unconstrained)
     try:
         net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     except RuntimeError as e:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, gammaln, logit
 
-__all__ = ["PARAM_NAMES", "UNCONSTRAINED_NAMES", "Prior"]
+__all__ = ["PARAM_NAMES", "UNCONSTRAINED_NAMES", "Prior", "PriorWithRedshift", "prior_from_dict"]
 
 PARAM_NAMES = (
     "logmstar", "beta1", "beta2", "beta3", "beta4", "fburst", "tburst",
@@ -46,6 +46,7 @@ PARAM_NAMES = (
 UNCONSTRAINED_NAMES = tuple(f"u{i}" for i in range(11))
 
 _SIMPLEX_ATOL = 1e-6  # tolerance on sum(beta) == 1
+Z_FLOOR = 1e-6        # the smallest redshift `PriorWithRedshift` draws (4 pc: finite fluxes)
 
 
 class Prior:
@@ -113,7 +114,12 @@ class Prior:
         return cls(**{k: tuple(d[k]) for k in keys})
 
     def __eq__(self, other):
-        return isinstance(other, Prior) and self.bounds == other.bounds
+        return type(other) is Prior and self.bounds == other.bounds
+
+    @property
+    def sed_prior(self) -> "Prior":
+        """The prior over the SED model's 12 parameters (itself; `PriorWithRedshift` has one inside)."""
+        return self
 
     def __repr__(self):
         return f"Prior({', '.join(f'{k}={v}' for k, v in self.bounds.items())})"
@@ -255,3 +261,115 @@ class Prior:
         """Log density of u under the prior pushed to R^11 (standard logistic per axis)."""
         u = np.asarray(u, dtype=float)
         return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
+
+
+class PriorWithRedshift:
+    """The joint prior of the 12 SED parameters and the redshift, for models and samplers that infer z
+    (photometric redshifts; Hahn & Melchior 2022, Sec. 6): ``sed_prior`` times z ~ U(z_min, z_max],
+    independent. Column 12 of theta is z; the 12th unconstrained coordinate is
+    logit((z - z_min) / (z_max - z_min)), standard-logistic under the prior like the other eleven.
+    Draws never fall below `Z_FLOOR` (fluxes diverge as z -> 0). Same interface as `Prior`.
+
+    Example
+    -------
+    >>> joint = PriorWithRedshift(Prior(), (0.0, 0.6))
+    >>> theta = joint.sample(3, seed=0)
+    >>> theta.shape, joint.names[-1]
+    ((3, 13), 'z')
+    >>> np.allclose(joint.from_unconstrained(joint.to_unconstrained(theta)), theta)
+    True
+    """
+
+    def __init__(self, sed_prior: Prior, z_range):
+        lo, hi = map(float, z_range)
+        if not 0 <= lo < hi:
+            raise ValueError(f"the redshift prior needs 0 <= z_min < z_max, got {(lo, hi)}")
+        self.sed_prior, self.z_range = sed_prior, (lo, hi)
+        self._z_floor = max(lo, Z_FLOOR)
+        self.names = tuple(sed_prior.names) + ("z",)
+        self.ndim, self.ndim_unconstrained = sed_prior.ndim + 1, sed_prior.ndim_unconstrained + 1
+
+    def to_dict(self) -> dict:
+        return {**self.sed_prior.to_dict(), "names": list(self.names),
+                "redshift": {"kind": "uniform", "range": list(self.z_range)}}
+
+    def __eq__(self, other):
+        return isinstance(other, PriorWithRedshift) and (self.sed_prior, self.z_range) == (other.sed_prior, other.z_range)
+
+    def __repr__(self):
+        return f"PriorWithRedshift({self.sed_prior!r}, z_range={self.z_range})"
+
+    def _s(self, z):
+        lo, hi = self.z_range
+        return (z - lo) / (hi - lo)
+
+    def sample(self, n: int, seed=None) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        theta = self.sed_prior.sample(n, seed=rng)
+        lo, hi = self.z_range
+        z = hi - (hi - lo) * rng.uniform(size=len(theta))           # on (lo, hi]
+        return np.column_stack([theta, np.maximum(z, self._z_floor)])
+
+    def check(self, theta) -> np.ndarray:
+        theta = np.asarray(theta, dtype=float)
+        if theta.ndim == 1:
+            theta = theta[None, :]
+        if theta.ndim != 2 or theta.shape[1] != self.ndim:
+            raise ValueError(f"theta must have shape (n, {self.ndim}) in order {self.names}, got {theta.shape}")
+        return theta
+
+    def in_support(self, theta) -> np.ndarray:
+        theta = self.check(theta)
+        with np.errstate(invalid="ignore"):
+            z_ok = np.isfinite(theta[:, -1]) & (theta[:, -1] >= self.z_range[0]) & (theta[:, -1] <= self.z_range[1])
+        return self.sed_prior.in_support(theta[:, :-1]) & z_ok
+
+    def require_support(self, theta) -> np.ndarray:
+        theta = self.check(theta)
+        ok = self.in_support(theta)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise ValueError(f"{bad.size} of {len(theta)} theta rows are outside the prior (rows {bad[:10].tolist()})")
+        return theta
+
+    def log_prob(self, theta) -> np.ndarray:
+        theta = self.check(theta)
+        lp = self.sed_prior.log_prob(theta[:, :-1]) - np.log(self.z_range[1] - self.z_range[0])
+        return np.where(self.in_support(theta), lp, -np.inf)
+
+    def to_unconstrained(self, theta) -> np.ndarray:
+        theta = self.require_support(theta)
+        u_z = logit(np.clip(self._s(theta[:, -1]), 1e-15, 1 - 1e-15))
+        return np.column_stack([self.sed_prior.to_unconstrained(theta[:, :-1]), u_z])
+
+    def from_unconstrained(self, u) -> np.ndarray:
+        u = np.asarray(u, dtype=float)
+        if u.ndim != 2 or u.shape[1] != self.ndim_unconstrained:
+            raise ValueError(f"u must have shape (n, {self.ndim_unconstrained}), got {u.shape}")
+        lo, hi = self.z_range
+        z = np.clip(lo + expit(u[:, -1]) * (hi - lo), self._z_floor, hi)
+        return np.column_stack([self.sed_prior.from_unconstrained(u[:, :-1]), z])
+
+    def from_unit_cube(self, s) -> np.ndarray:
+        s = np.asarray(s, dtype=float)
+        if s.ndim != 2 or s.shape[1] != self.ndim_unconstrained:
+            raise ValueError(f"s must have shape (n, {self.ndim_unconstrained}), got {s.shape}")
+        lo, hi = self.z_range
+        z = np.clip(lo + s[:, -1] * (hi - lo), self._z_floor, hi)
+        return np.column_stack([self.sed_prior.from_unit_cube(s[:, :-1]), z])
+
+    def log_abs_det_jacobian(self, theta) -> np.ndarray:
+        theta = self.require_support(theta)
+        s = np.clip(self._s(theta[:, -1]), 1e-300, 1 - 1e-16)
+        lj_z = -np.log(s) - np.log1p(-s) - np.log(self.z_range[1] - self.z_range[0])
+        return self.sed_prior.log_abs_det_jacobian(theta[:, :-1]) + lj_z
+
+    def log_prob_unconstrained(self, u) -> np.ndarray:
+        u = np.asarray(u, dtype=float)
+        return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
+
+
+def prior_from_dict(d: dict) -> Prior | PriorWithRedshift:
+    """The prior an artifact or manifest records (`Prior.to_dict` / `PriorWithRedshift.to_dict`)."""
+    base = Prior.from_dict(d)
+    return PriorWithRedshift(base, d["redshift"]["range"]) if d.get("redshift") else base

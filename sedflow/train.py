@@ -28,30 +28,41 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logit
 
 from sedflow.ood import fit_thresholds
 from sedflow.posterior import (MIN_VALID_BANDS, ARCHITECTURES, BUILDERS, DEFAULT_ARCH, InputLayout, build_estimator,
                                save_model)
-from sedflow.prior import UNCONSTRAINED_NAMES
+from sedflow.prior import UNCONSTRAINED_NAMES, Prior, PriorWithRedshift
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
-__all__ = ["train", "training_data", "simulation_bands", "input_layout", "INPUTS", "LR_SCHEDULES"]
+__all__ = ["train", "training_data", "simulation_bands", "input_layout", "training_prior", "INPUTS", "LR_SCHEDULES"]
 
 INPUTS = ("mag", "asinh")
 LR_SCHEDULES = ("plateau", "cosine")
 ASINH_SOFTENING_PER_SIGMA = 1.042   # Lupton et al. (1999): the softening that minimises the error at low S/N
 
 
-def input_layout(manifest: dict, kind: str) -> InputLayout:
+def input_layout(manifest: dict, kind: str, redshift: bool = True) -> InputLayout:
     """The x layout for a simulation manifest: log mags, or asinh mags softened at 1.042 x the noise
-    model's faint-end flux error per band (Lupton, Gunn & Szalay 1999)."""
+    model's faint-end flux error per band (Lupton, Gunn & Szalay 1999); without z for a photo-z model."""
     bands = simulation_bands(manifest)[0]
     if kind == "mag":
-        return InputLayout(bands)
+        return InputLayout(bands, redshift=redshift)
     from sedflow.noise import NoiseModel
 
     noise = NoiseModel.from_dict(manifest["noise_model"])
-    return InputLayout(bands, "asinh", tuple(ASINH_SOFTENING_PER_SIGMA * noise.faint_flux_error()))
+    return InputLayout(bands, "asinh", tuple(ASINH_SOFTENING_PER_SIGMA * noise.faint_flux_error()), redshift)
+
+
+def training_prior(manifest: dict, infer_redshift: bool) -> Prior | PriorWithRedshift:
+    """The prior the simulations were drawn from; for a photo-z model with the simulated redshift
+    range's uniform z (`simulate_rows` draws z uniformly on (z_min, z_max])."""
+    prior = Prior.from_dict(manifest["prior"]) if manifest.get("prior") else Prior()
+    if not infer_redshift:
+        return prior
+    sim = manifest.get("config") or {}
+    return PriorWithRedshift(prior, (sim.get("z_min", 0.0), sim.get("z_max", 0.2)))
 
 
 def mask_bands(flux: np.ndarray, fraction: float, rng) -> np.ndarray:
@@ -99,8 +110,10 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
                               "manifest_sha256": digest, "directory_name": data_dir.resolve().name}
 
 
-def _read_shard(path, k: int, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0):
-    """(u, x features, is_validation) of one shard; the split and the band masks depend on (seed, shard) only."""
+def _read_shard(path, k: int, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0,
+                z_range=None):
+    """(u, x features, is_validation) of one shard; the split and the band masks depend on (seed, shard) only.
+    With ``z_range`` (a photo-z model) u gains the redshift's unconstrained coordinate (`PriorWithRedshift`)."""
     import pyarrow.parquet as pq
 
     fc, ec = [f"flux_{b}" for b in layout.bands], [f"flux_err_{b}" for b in layout.bands]
@@ -109,20 +122,24 @@ def _read_shard(path, k: int, seed: int, val_fraction: float, layout: InputLayou
     flux = np.column_stack([t.column(c).to_numpy() for c in fc])
     if missing_fraction:
         flux = mask_bands(flux, missing_fraction, np.random.default_rng([seed, k, 1]))
-    x = layout.observables(flux, np.column_stack([t.column(c).to_numpy() for c in ec]), t.column("z").to_numpy())
+    z = t.column("z").to_numpy()
+    x = layout.observables(flux, np.column_stack([t.column(c).to_numpy() for c in ec]), z)
+    if z_range is not None:
+        lo, hi = z_range
+        u = np.column_stack([u, logit(np.clip((z - lo) / (hi - lo), 1e-15, 1 - 1e-15))])
     val = np.random.default_rng([seed, k]).uniform(size=len(u)) < val_fraction
     return u, layout.features(x), val
 
 
 def _statistics(shards, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0,
-                sample_rows: int = 200_000) -> dict:
+                z_range=None, sample_rows: int = 200_000) -> dict:
     """Standardisation and OOD thresholds from the training rows, one shard in memory at a time
     (the x moments over the bands present: missing ones are NaN)."""
     n, su, su2, sx, sx2, nx = 0, 0.0, 0.0, 0.0, 0.0, 0
     keep = []
     total = 0
     for k, p in enumerate(shards):
-        u, x, val = _read_shard(p, k, seed, val_fraction, layout, missing_fraction)
+        u, x, val = _read_shard(p, k, seed, val_fraction, layout, missing_fraction, z_range)
         u, x = u[~val], x[~val]
         n += len(u)
         su, su2 = su + u.sum(0), su2 + (u**2).sum(0)
@@ -179,7 +196,8 @@ def _train_loop(cfg: dict) -> None:
     # this worker's rows: global row index % world == rank
     parts, offset = {"train": [], "val": []}, 0
     for k, p in enumerate(cfg["shards"]):
-        u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"], layout, cfg["missing_fraction"])
+        u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"], layout, cfg["missing_fraction"],
+                                cfg["z_range"])
         mine = (offset + np.arange(len(u))) % world == rank
         offset += len(u)
         for name, sel in (("train", mine & ~val), ("val", mine & val)):
@@ -187,7 +205,7 @@ def _train_loop(cfg: dict) -> None:
                                 layout.standardise(x[sel], x_mean, x_std).astype(np.float32)))
     data = {k: tuple(torch.from_numpy(np.concatenate(a)) for a in zip(*v)) for k, v in parts.items()}
 
-    net = build_estimator(cfg["arch_kwargs"], n_x=len(layout.names))
+    net = build_estimator(cfg["arch_kwargs"], n_x=len(layout.names), n_theta=len(u_mean))
     model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     # plateau: lr x 1/2 after lr_patience epochs without a better validation loss (0: constant lr);
@@ -274,7 +292,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
           max_epochs: int = 500, lr: float = 5e-4, patience: int = 20, seed: int = 0,
           val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5, lr_schedule: str = "plateau",
           inputs: str = "mag",
-          missing_fraction: float | None = None) -> dict:
+          missing_fraction: float | None = None, infer_redshift: bool = False) -> dict:
     """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
 
     ``inputs``: the x layout (`sedflow.posterior.InputLayout`): ``"mag"`` (SEDflow's log magnitudes)
@@ -282,6 +300,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     that take non-detections and galaxies with missing bands). ``missing_fraction``: share of the
     training rows that lose 1-2 random bands (asinh only; default 0.2, 0 with 3 bands or fewer). The
     masks are drawn once per row (seeded by the split seed and shard), not anew each epoch.
+    ``infer_redshift``: a photo-z model, q(theta, z | photometry) with z's prior uniform on the
+    simulated range (`training_prior`); the artifact records it in its prior, and x has no z.
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
     """
@@ -310,7 +330,9 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         missing_fraction = 0.2 if inputs == "asinh" and len(bands) > MIN_VALID_BANDS else 0.0
     if missing_fraction and inputs != "asinh":
         raise ValueError("missing bands need inputs='asinh' (the log-magnitude layout has no missing flags)")
-    layout = input_layout(manifest, inputs)
+    layout = input_layout(manifest, inputs, redshift=not infer_redshift)
+    prior = training_prior(manifest, infer_redshift)
+    z_range = prior.z_range if infer_redshift else None
     if layout.kind == "mag" and (manifest.get("config") or {}).get("min_detected") is not None:
         raise ValueError("these simulations reach non-detections (min_detected), which log magnitudes cannot "
                          "hold: train with inputs='asinh' (--inputs asinh)")
@@ -322,10 +344,11 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         stats = json.loads(stats_path.read_text())
         if (stats["fingerprint"] != fingerprint or stats["seed"] != seed
                 or stats.get("x_layout", {"kind": "mag"})["kind"] != layout.kind
-                or stats.get("missing_fraction", 0.0) != missing_fraction):
+                or stats.get("missing_fraction", 0.0) != missing_fraction
+                or stats.get("x_layout", {}).get("redshift", True) != layout.redshift):
             raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
     else:
-        stats = {**_statistics(shards, seed, val_fraction, layout, missing_fraction), "fingerprint": fingerprint,
+        stats = {**_statistics(shards, seed, val_fraction, layout, missing_fraction, z_range), "fingerprint": fingerprint,
                  "seed": seed, "x_layout": layout.to_dict(), "missing_fraction": missing_fraction}
         stats_path.write_text(json.dumps({k: v for k, v in stats.items() if k != "ood"}))
 
@@ -333,6 +356,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         cpus = int(ray.cluster_resources().get("CPU", 1))
         cfg = {"shards": [str(p.resolve()) for p in shards], "seed": seed, "val_fraction": val_fraction,
                "bands": list(bands), "x_layout": layout.to_dict(), "missing_fraction": missing_fraction,
+               "z_range": z_range,
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
                "lr_patience": lr_patience, "lr_schedule": lr_schedule, "threads_per_worker": max(1, cpus // workers)}
@@ -352,8 +376,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError(f"the validation loss was never finite in {state['epoch']} epochs (training diverged); "
                          f"lower --lr (was {lr:g}) and use a new --out")
     if "ood" not in stats:   # resumed run: the thresholds are recomputed, not cached
-        stats["ood"] = _statistics(shards, seed, val_fraction, layout, missing_fraction)["ood"]
-    net = build_estimator(ARCHITECTURES[arch], n_x=len(layout.names))
+        stats["ood"] = _statistics(shards, seed, val_fraction, layout, missing_fraction, z_range)["ood"]
+    net = build_estimator(ARCHITECTURES[arch], n_x=len(layout.names), n_theta=prior.ndim_unconstrained)
     net.load_state_dict(state["best_net"])
     n_params = sum(p.numel() for p in net.parameters())
     history = state["history"]
@@ -370,11 +394,14 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                          "asinh_mag_{b} = 22.5 - 1.0857 [asinh(f / 2s_b) + ln s_b] for each band (Lupton et al. "
                          "1999; s_b in x_layout), asinh_mag_err_{b} = 1.0857 flux_err / sqrt(f^2 + 4 s_b^2), z, "
                          "missing_{b} (1: no measurement; that band's entries set to the training mean)")
-                        + "; the network sees log10 of the errors; all standardised",
-        "theta_space": "Prior.to_unconstrained (11-dim, R^11), standardised",
+                        + "; the network sees log10 of the errors; all standardised"
+                        + ("; no z: the redshift is inferred (theta's last column)" if infer_redshift else ""),
+        "theta_space": ("PriorWithRedshift.to_unconstrained (12-dim, R^12: the 11 of Prior and logit of z's "
+                        "place in its range), standardised" if infer_redshift else
+                        "Prior.to_unconstrained (11-dim, R^11), standardised"),
         "standardization": stats["standardization"],
         "ood": stats["ood"],
-        "prior": manifest.get("prior"),
+        "prior": prior.to_dict(),
         "noise_model": manifest.get("noise_model"),
         "sed_model": manifest.get("sed_model"),
         "simulation": manifest.get("config"),
@@ -389,10 +416,6 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                      "wall_seconds_this_run": time.perf_counter() - t0},
         "metrics": history,
     }
-    if config["prior"] is None:
-        from sedflow.prior import Prior
-
-        config["prior"] = Prior().to_dict()
     save_model(out, net, config)
     return {"artifact": str(out), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
             "best_val_loss": state["best_val"], "final_train_loss": history[-1]["train_loss"],

@@ -28,9 +28,10 @@ from sedflow.diagnostics import calibration_report, plot_pp, plot_rank_histogram
 from sedflow.figures import best_fit, plot_sed_fits
 from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
-from sedflow.prior import PARAM_NAMES
+from sedflow.prior import PARAM_NAMES, PriorWithRedshift
 
-__all__ = ["held_out_simulations", "reference_galaxies", "width_comparison", "validate", "THRESHOLDS", "REFERENCES"]
+__all__ = ["held_out_simulations", "reference_galaxies", "width_comparison", "photoz_real_data", "validate",
+           "THRESHOLDS", "REFERENCES"]
 
 THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
 
@@ -38,8 +39,8 @@ THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_med
 MIN_SUBSET = 50   # smallest subset of held-out simulations whose calibration is reported
 
 
-def _calibration(samples, truths) -> dict:
-    cal = calibration_report(samples, truths, names=list(PARAM_NAMES))
+def _calibration(samples, truths, names=PARAM_NAMES) -> dict:
+    cal = calibration_report(samples, truths, names=list(names))
     params = cal["parameters"]
     cal["passes"] = {
         "sbc": all(p["sbc_ks_pvalue"] > THRESHOLDS["sbc_ks_pvalue_min"] for p in params.values()),
@@ -50,14 +51,14 @@ def _calibration(samples, truths) -> dict:
 def held_out_simulations(post, sed, n: int, seed: int) -> dict:
     """Simulations drawn as the training set was (``sed``: the model's own, `PosteriorModel.sed_model`;
     the same noise envelope, faint-end cut and, for asinh models, random band masks), with a fresh
-    seed: theta, x, flux (NaN where masked), flux_err, z."""
+    seed: theta (with z last for a photo-z model), x, flux (NaN where masked), flux_err, z."""
     from sedflow.simulate import simulate_rows
     from sedflow.train import mask_bands
 
     cfg = post.config.get("simulation") or {}
     noise = NoiseModel.from_dict(post.config["noise_model"])
     # models trained before `reported_errors` existed were trained on "true" (sedflow.simulate)
-    cols, _ = simulate_rows(sed, noise, post.prior, n, np.random.default_rng(seed),
+    cols, _ = simulate_rows(sed, noise, post.prior.sed_prior, n, np.random.default_rng(seed),
                             z_min=cfg.get("z_min", 0.0), z_max=cfg.get("z_max", 0.2),
                             reported_errors=cfg.get("reported_errors", "true"),
                             noise_envelope=cfg.get("noise_envelope"), min_detected=cfg.get("min_detected"))
@@ -65,7 +66,7 @@ def held_out_simulations(post, sed, n: int, seed: int) -> dict:
     if post.config.get("missing_fraction"):
         flux = mask_bands(flux, post.config["missing_fraction"], np.random.default_rng([seed, 1]))
     flux_err = np.column_stack([cols[f"flux_err_{b}"] for b in post.bands])
-    return {"theta": np.column_stack([cols[p] for p in PARAM_NAMES]),
+    return {"theta": np.column_stack([cols[p] for p in post.names]),
             "x": post.inputs.observables(flux, flux_err, cols["z"]),
             "flux": flux, "flux_err": flux_err, "z": cols["z"]}
 
@@ -94,7 +95,8 @@ def reference_galaxies(sims, n: int) -> np.ndarray:
 def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
     """What determines galaxy i's chain: its photometry, z, seed, the sampler and its settings,
     the SED model and the prior (not the flow). JSON-normalised, as it is stored."""
-    request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": float(sims["z"][i]),
+    z = None if isinstance(prior, PriorWithRedshift) else float(sims["z"][i])      # None: z is sampled too
+    request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": z,
                "seed": int(seed + i), "sampler": reference, "options": dict(sorted((mcmc_options or {}).items())),
                "sed_model": sed.describe(), "prior": prior.to_dict()}
     return json.loads(json.dumps(request))      # NaN (a missing band's flux) round-trips as NaN
@@ -134,7 +136,7 @@ def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chai
         with ray_session(address):
             task = ray.remote(run).options(num_cpus=1)        # one galaxy per CPU
             sed_ref, prior_ref = ray.put(sed), ray.put(prior)
-            refs = {task.remote(sims["flux"][i], sims["flux_err"][i], sims["z"][i], model=sed_ref, prior=prior_ref,
+            refs = {task.remote(sims["flux"][i], sims["flux_err"][i], requests[i]["z"], model=sed_ref, prior=prior_ref,
                                 seed=int(seed + i), **(mcmc_options or {})): i for i in todo}
             pending = list(refs)
             with tqdm(total=len(galaxies), initial=len(galaxies) - len(todo), desc=reference, unit="galaxy") as bar:
@@ -187,16 +189,17 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
     noise = np.array([r["reference_noise"] for r in rows])
     hard = np.array([r["hard"] for r in rows])
     m0, meta0 = chains[0]
+    names = post.names
     keep = {"galaxy": int(galaxies[0]), "anpe": anpe[0], "mcmc": m0,
-            "mcmc_best": np.array([meta0["parameters"][n]["best"] for n in PARAM_NAMES])}
+            "mcmc_best": np.array([meta0["parameters"][n]["best"] for n in names])}
     _plot_overlay(post, sed, sims, keep, reference, out / "anpe_vs_mcmc.png")
     return {"reference": reference, "options": dict(mcmc_options or {}), "n": len(rows), "n_hard": int(hard.sum()),
             "converged": int(sum(r["converged"] for r in rows)), "chain_dir": str(chain_dir),
-            "median_abs_offset_over_sigma": dict(zip(PARAM_NAMES, np.median(offset, 0).tolist())),
-            "median_abs_offset_over_sigma_hard": (dict(zip(PARAM_NAMES, np.median(offset[hard], 0).tolist()))
+            "median_abs_offset_over_sigma": dict(zip(names, np.median(offset, 0).tolist())),
+            "median_abs_offset_over_sigma_hard": (dict(zip(names, np.median(offset[hard], 0).tolist()))
                                                   if hard.any() else None),
-            "median_width_ratio": dict(zip(PARAM_NAMES, np.median(ratio, 0).tolist())),
-            "median_reference_noise_over_sigma": dict(zip(PARAM_NAMES, np.median(noise, 0).tolist())),
+            "median_width_ratio": dict(zip(names, np.median(ratio, 0).tolist())),
+            "median_reference_noise_over_sigma": dict(zip(names, np.median(noise, 0).tolist())),
             "anpe_seconds_per_galaxy": float(np.mean(t_anpe)),
             "reference_seconds_per_galaxy": float(np.mean([r["seconds"] for r in rows])),
             "galaxies": rows}
@@ -210,15 +213,16 @@ def _plot_overlay(post, sed, sims, keep, reference, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    idx = [0, 5, 6, 10, 11]
-    names = [PARAM_NAMES[i] for i in idx]
+    idx = [0, 5, 6, 10, 11] + ([12] if post.infers_redshift else [])
+    names = [post.names[i] for i in idx]
     g = keep["galaxy"]
     fig = corner.corner(keep["mcmc"][:, idx], labels=names, color="k", truths=sims["theta"][g, idx],
                         hist_kwargs={"density": True}, plot_datapoints=False)
     corner.corner(keep["anpe"][:, idx], fig=fig, color="C0", hist_kwargs={"density": True}, plot_datapoints=False)
     ax = fig.add_axes([0.62, 0.68, 0.34, 0.28])
     sl = slice(g, g + 1)
-    _, best = best_fit(sed, keep["anpe"][None, :500], sims["flux"][sl], sims["flux_err"][sl], sims["z"][sl])
+    _, best = best_fit(sed, keep["anpe"][None, :500], sims["flux"][sl], sims["flux_err"][sl],
+                       None if post.infers_redshift else sims["z"][sl])
     plot_sed_fits(ax, sed, sims["z"][g], sims["flux"][g], sims["flux_err"][g],
                   [(best[0], "C0", "ANPE best fit"), (keep["mcmc_best"], "k", f"{reference} best fit")])
     fig.savefig(path, dpi=90)
@@ -236,14 +240,14 @@ def width_comparison(post, baseline, n: int = 1000, n_samples: int = 1000, seed:
         raise ValueError(f"the models' filters differ: {list(post.filters)} vs {list(baseline.filters)}")
     sed = baseline.sed_model()
     z_max = min((m.config.get("simulation") or {}).get("z_max", 0.2) for m in (post, baseline))
-    cols, _ = simulate_rows(sed, NoiseModel.from_dict(baseline.config["noise_model"]), baseline.prior, n,
+    cols, _ = simulate_rows(sed, NoiseModel.from_dict(baseline.config["noise_model"]), baseline.prior.sed_prior, n,
                             np.random.default_rng(seed), z_min=0.0, z_max=z_max)
     flux = np.column_stack([cols[f"flux_{b}"] for b in post.bands])
     err = np.column_stack([cols[f"flux_err_{b}"] for b in post.bands])
     widths = {}
     for label, model in (("model", post), ("baseline", baseline)):
         draws = model.sample(model.inputs.observables(flux, err, cols["z"]), n_samples, seed=seed)
-        widths[label] = np.median(np.std(draws, axis=1), axis=0)
+        widths[label] = np.median(np.std(draws[..., :len(PARAM_NAMES)], axis=1), axis=0)
     return {"n": n, "z_max": z_max, "median_std": {k: dict(zip(PARAM_NAMES, v.tolist())) for k, v in widths.items()},
             "ratio": dict(zip(PARAM_NAMES, (widths["model"] / widths["baseline"]).tolist()))}
 
@@ -262,13 +266,65 @@ def _real_data(post, sed, catalog, spec, n_samples, seed):
     theta = post.sample(x[good], n_samples, seed=seed)
     flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy()[good]
     err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy()[good]
-    chi2, _ = best_fit(sed, theta[:, :min(n_samples, 200)], flux, err, frame["z"].to_numpy(dtype=float)[good])
+    chi2, _ = best_fit(sed, theta[:, :min(n_samples, 200)], flux, err,
+                       None if post.infers_redshift else frame["z"].to_numpy(dtype=float)[good])
     return {"catalog": str(catalog), "rows": int(len(frame)),
             "flagged_fraction": {f: float(np.mean(flags[f] != 0)) for f in COUNTED},
             "any_ood_fraction": float(np.mean(flags["flag_sigma_ood"] | flags["flag_color_ood"]
                                               | flags["flag_posterior_ood"])),
             "best_fit_chi2_percentiles_16_50_84": np.percentile(chi2, [16, 50, 84]).tolist(),
             "n_bands": len(post.bands), "best_fit_chi2_p95_n_bands_dof": _chi2_p95(len(post.bands))}, chi2
+
+
+def photoz_real_data(post, specz, catalog, spec, n_samples: int = 1000, seed: int = 0, out=None) -> dict:
+    """A photo-z model on real galaxies with spectroscopic redshifts (the catalog's z, never an input):
+    `sedflow.diagnostics.photoz_metrics` on the rows it sampled whose z_spec lies in its redshift
+    range (and on those of them without an OOD flag), and log M*_surv from it against the spec-z
+    model ``specz`` on the same rows (offset, NMAD and std of the difference). Both through
+    `sedflow.infer.infer_frame`, as ``sedflow infer`` runs them. ``out``: also ``photoz_{name}.png``."""
+    from sedflow.catalog import CatalogSpec, read_catalog
+    from sedflow.diagnostics import photoz_metrics, plot_photoz
+    from sedflow.infer import check_filters, infer_frame
+
+    spec = CatalogSpec.load(spec)
+    for model in (post, specz):
+        check_filters(model, spec.bands, spec.filters, f"the description {spec.name!r}")
+    frame, _ = read_catalog(catalog, spec)
+    table, draws = infer_frame(frame, post, post.sed_model(), n_samples=n_samples, keep_samples=n_samples, seed=seed,
+                               return_draws=True)
+    pz = table.to_pandas()
+    sz = infer_frame(frame, specz, specz.sed_model(), n_samples=n_samples, seed=seed).to_pandas()
+    z_spec = frame["z"].to_numpy(dtype=float)
+    lo, hi = post.prior.z_range
+    with np.errstate(invalid="ignore"):
+        valid = (pz["method"] == "anpe").to_numpy() & np.isfinite(z_spec) & (z_spec > lo) & (z_spec <= hi)
+    ood = (pz["flag_sigma_ood"] | pz["flag_color_ood"] | pz["flag_posterior_ood"]).to_numpy()
+    z_draws = draws[:, :, post.names.index("z")].astype(float)
+    both = valid & (sz["method"] == "anpe").to_numpy()
+    dm = (pz["logmstar_surv_p50"] - sz["logmstar_surv_p50"]).to_numpy()[both]
+    result = {"catalog": str(catalog), "spec": spec.name, "rows": int(len(frame)), "valid_rows": int(valid.sum()),
+              "z_range": [lo, hi], "n_samples": n_samples, "specz_model": str(specz.config.get("name", "sdss")),
+              "all": photoz_metrics(z_draws[valid], z_spec[valid]),
+              "no_ood_flag": photoz_metrics(z_draws[valid & ~ood], z_spec[valid & ~ood]) if (valid & ~ood).any() else None,
+              "logmstar_surv_photoz_minus_specz": {
+                  "n": int(both.sum()), "median": float(np.median(dm)),
+                  "nmad": float(1.4826 * np.median(np.abs(dm - np.median(dm)))), "std": float(np.std(dm))}}
+    if out is not None:
+        pit = np.mean(z_draws[valid] < z_spec[valid, None], axis=1)
+        plot_photoz(pz["z_p50"].to_numpy()[valid], z_spec[valid], pit, Path(out) / f"photoz_{spec.name}.png",
+                    title=f"{spec.name}: {int(valid.sum())} galaxies")
+        result["figure"] = f"photoz_{spec.name}.png"
+    return result
+
+
+def _photoz_catalogs() -> list[tuple]:
+    """(catalog, description) pairs with spectroscopic redshifts for a photo-z model of SDSS ugriz:
+    the kcorrect sample (in the kcorrect wheel) and the NSA rows beside the repository, when there."""
+    from sedflow.catalog import kcorrect_sample_path
+
+    out = [(kcorrect_sample_path(), "sdss_kcorrect")]
+    nsa = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsa_lcs" / "nsa_v0_1_2_lcs_subset.fits"
+    return out + ([(nsa, "nsa")] if nsa.exists() else [])
 
 
 def _chi2_p95(dof: int) -> float:
@@ -281,7 +337,8 @@ def _chi2_p95(dof: int) -> float:
 
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
              catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, reference: str = "nautilus",
-             mcmc_options: dict | None = None, address: str | None = None, mcmc_dir=None, baseline=None) -> dict:
+             mcmc_options: dict | None = None, address: str | None = None, mcmc_dir=None, baseline=None,
+             specz_model="sdss", photoz_samples: int = 1000) -> dict:
     """Write the validation report to ``out_dir``; returns the metrics dict. ``reference``: the
     sampler ANPE is compared with (`REFERENCES`), ``mcmc_options`` its keyword arguments
     (`sedflow.nested.run_nested` or `sedflow.mcmc.run_mcmc`). The reference runs go to
@@ -290,7 +347,10 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     galaxies and settings, whatever the flow. The held-out galaxies are a function of ``n_test``
     (`simulate_rows` sizes its batches by it), ``seed`` and the model's simulation settings, so
     a report with another ``n_test`` samples new galaxies and runs new chains. ``baseline`` (a
-    model name or directory) adds `width_comparison` against it."""
+    model name or directory) adds `width_comparison` against it. For a photo-z model the
+    calibration includes z, the reference samples z too, and `photoz_real_data` runs on the SDSS
+    catalogs with spectroscopic redshifts (`_photoz_catalogs`, when the model has their filters) with
+    ``photoz_samples`` draws per galaxy, the masses compared with ``specz_model``'s."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,15 +367,16 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     t0 = time.perf_counter()
     samples = post.sample(sims["x"], n_samples, seed=seed)
     metrics["anpe_sampling_seconds"] = time.perf_counter() - t0
-    cal = _calibration(samples, sims["theta"])
+    names = post.names                       # with z for a photo-z model
+    cal = _calibration(samples, sims["theta"], names)
     # the galaxies real catalogs are hardest on, when the model was trained on them
     subsets = {"non_detection": np.any(sims["flux"] <= 0, axis=1),
                "missing_band": np.any(~np.isfinite(sims["flux"]), axis=1)}
-    cal["subsets"] = {name: {"n": int(rows.sum()), **_calibration(samples[rows], sims["theta"][rows])}
+    cal["subsets"] = {name: {"n": int(rows.sum()), **_calibration(samples[rows], sims["theta"][rows], names)}
                       for name, rows in subsets.items() if rows.sum() >= MIN_SUBSET}
     metrics["calibration"] = cal
-    plot_pp(samples, sims["theta"], list(PARAM_NAMES), out / "pp.png")
-    plot_rank_histograms(sbc_ranks(samples, sims["theta"]), n_samples, list(PARAM_NAMES), out / "sbc_ranks.png")
+    plot_pp(samples, sims["theta"], list(names), out / "pp.png")
+    plot_rank_histograms(sbc_ranks(samples, sims["theta"]), n_samples, list(names), out / "sbc_ranks.png")
     plot_tarp(tarp(samples, sims["theta"], seed=seed), out / "tarp.png")
 
     if n_mcmc > 0:
@@ -341,6 +402,14 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
         fig.tight_layout()
         fig.savefig(out / "real_chi2.png", dpi=100)
         plt.close(fig)
+
+    if post.infers_redshift:
+        from sedflow.catalog import CatalogSpec
+
+        specz = load_model(specz_model)
+        metrics["photoz_real_data"] = [photoz_real_data(post, specz, cat, spec, photoz_samples, seed, out)
+                                       for cat, spec in _photoz_catalogs()
+                                       if CatalogSpec.load(spec).filters == post.filters]
 
     if baseline is not None:
         metrics["width_comparison"] = {"baseline": str(baseline),
@@ -389,7 +458,7 @@ def _report_md(m: dict) -> str:
                   "| parameter | median abs offset / sigma | same, hard galaxies | median width ratio | "
                   "reference noise / sigma |", "|---|---|---|---|---|"]
         hard = mc.get("median_abs_offset_over_sigma_hard") or {}
-        for name in PARAM_NAMES:
+        for name in mc["median_abs_offset_over_sigma"]:
             lines.append(f"| {name} | {mc['median_abs_offset_over_sigma'][name]:.3f} | "
                          + (f"{hard[name]:.3f}" if name in hard else "-")
                          + f" | {mc['median_width_ratio'][name]:.2f} | "
@@ -405,6 +474,23 @@ def _report_md(m: dict) -> str:
         lines += [f"| {k} | {w['median_std']['model'][k]:.4g} | {w['median_std']['baseline'][k]:.4g} | {r:.2f} |"
                   for k, r in w["ratio"].items()]
         lines += [""]
+    for r in m.get("photoz_real_data", []):
+        a, c, dm = r["all"], r["no_ood_flag"], r["logmstar_surv_photoz_minus_specz"]
+        lines += [f"## Photometric redshifts: {r['spec']}", "",
+                  f"`{r['catalog']}`: {r['valid_rows']} of {r['rows']} rows sampled with a spectroscopic z in "
+                  f"({r['z_range'][0]:g}, {r['z_range'][1]:g}]; z_phot = posterior median of {r['n_samples']} draws, "
+                  f"dz = (z_phot - z_spec) / (1 + z_spec).", "",
+                  "| rows | n | sigma_NMAD | bias (median dz) | outliers (abs dz > 0.15) | PIT KS p | PIT < 0.01 or > 0.99 |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, x in (("all", a), ("no OOD flag", c)):
+            if x:
+                lines.append(f"| {label} | {x['n']} | {x['sigma_nmad']:.4f} | {x['bias']:+.4f} | "
+                             f"{x['outlier_fraction']:.4f} | {x['pit_ks_pvalue']:.2g} | "
+                             f"{x['pit_below_0p01_or_above_0p99']:.3f} |")
+        lines += ["", f"log M*_surv with photo-z minus with spec-z (`{r['specz_model']}`), {dm['n']} galaxies: median "
+                  f"{dm['median']:+.3f} dex, NMAD {dm['nmad']:.3f}, std {dm['std']:.3f}.", ""]
+        if r.get("figure"):
+            lines += [f"![photo-z]({r['figure']})", ""]
     if "real_data" in m:
         r = m["real_data"]
         lines += ["## Real data", "", f"`{r['catalog']}`: {r['rows']} rows.", "",

@@ -211,3 +211,24 @@ def test_every_architecture_builds_samples_and_scores():
             draws = net.sample((4,), condition=cond)
             assert draws.shape == (4, 2, 11), arch
             assert torch.isfinite(net.log_prob(draws, cond)).all(), arch
+
+
+def test_photoz_training_infers_redshift(sims, tmp_path):
+    """--infer-redshift: theta gains z (uniform prior on the simulated range), x loses it; the flow's
+    density over (theta, z) is normalised, and a run of the other kind is not resumed into its --out."""
+    out = tmp_path / "pz"
+    train(sims, out, workers=1, max_epochs=2, batch_size=256, infer_redshift=True)
+    post = load_model(out)
+    assert post.kind == "photoz" and post.names == tuple(PARAM_NAMES) + ("z",)
+    assert post.x_names == tuple(x_names(BANDS)[:-1]) and post.prior.z_range == (0.0, 0.2)
+    assert post.config["theta_names"][-1] == "z" and "z_range" not in post.config["ood"]
+    t = pq.read_table(sorted(sims.glob("shard-*.parquet"))[0]).to_pandas().iloc[:3]
+    x = t[list(post.x_names)].to_numpy()
+    theta = post.sample(x, 400, seed=1)
+    assert theta.shape == (3, 400, 13) and np.all((theta[..., -1] > 0) & (theta[..., -1] <= 0.2))
+    # importance estimate of the integral of q(theta, z | x) over the prior box: ~1
+    draws = post.prior.sample(100000, seed=4)
+    w = np.exp(post.log_prob(draws, x[0]) - post.prior.log_prob(draws))
+    assert w.mean() == pytest.approx(1.0, abs=0.2)
+    with pytest.raises(ValueError, match="other data or seed"):
+        train(sims, out, workers=1, max_epochs=3, batch_size=256)       # a spec-z run into a photo-z --out
