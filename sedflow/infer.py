@@ -120,7 +120,7 @@ def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray
     with np.errstate(invalid="ignore"):
         if post.inputs.kind == "mag":       # log magnitudes: every band measured and positive
             bad |= ~np.all(np.isfinite(x), axis=1) | np.any(flux <= 0, axis=1) | np.any(err <= 0, axis=1)
-            if "flag_bad_input" in frame:
+            if "flag_bad_input" in frame and not post.infers_redshift:    # ingest's flag counts a NaN z
                 bad |= frame["flag_bad_input"].to_numpy(dtype=bool)
         else:                               # asinh: f <= 0 is a measurement; enough bands must remain
             bad |= (len(post.bands) - missing.sum(axis=1)) < MIN_VALID_BANDS

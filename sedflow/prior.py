@@ -37,7 +37,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, gammaln, logit
 
-__all__ = ["PARAM_NAMES", "UNCONSTRAINED_NAMES", "Prior", "PriorWithRedshift", "prior_from_dict"]
+__all__ = ["PARAM_NAMES", "UNCONSTRAINED_NAMES", "Prior", "PriorWithRedshift", "prior_from_dict",
+           "redshift_to_unconstrained"]
 
 PARAM_NAMES = (
     "logmstar", "beta1", "beta2", "beta3", "beta4", "fburst", "tburst",
@@ -339,8 +340,8 @@ class PriorWithRedshift:
 
     def to_unconstrained(self, theta) -> np.ndarray:
         theta = self.require_support(theta)
-        u_z = logit(np.clip(self._s(theta[:, -1]), 1e-15, 1 - 1e-15))
-        return np.column_stack([self.sed_prior.to_unconstrained(theta[:, :-1]), u_z])
+        return np.column_stack([self.sed_prior.to_unconstrained(theta[:, :-1]),
+                                redshift_to_unconstrained(theta[:, -1], self.z_range)])
 
     def from_unconstrained(self, u) -> np.ndarray:
         u = np.asarray(u, dtype=float)
@@ -367,6 +368,12 @@ class PriorWithRedshift:
     def log_prob_unconstrained(self, u) -> np.ndarray:
         u = np.asarray(u, dtype=float)
         return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
+
+
+def redshift_to_unconstrained(z, z_range) -> np.ndarray:
+    """The unconstrained coordinate of z in `PriorWithRedshift`: logit of its place in ``z_range``."""
+    lo, hi = z_range
+    return logit(np.clip((np.asarray(z, dtype=float) - lo) / (hi - lo), 1e-15, 1 - 1e-15))
 
 
 def prior_from_dict(d: dict) -> Prior | PriorWithRedshift:

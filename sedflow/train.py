@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logit
 
 from sedflow.ood import fit_thresholds
 from sedflow.posterior import (MIN_VALID_BANDS, ARCHITECTURES, BUILDERS, DEFAULT_ARCH, InputLayout, build_estimator,
                                save_model)
-from sedflow.prior import UNCONSTRAINED_NAMES, Prior, PriorWithRedshift
+from sedflow.prior import UNCONSTRAINED_NAMES, Prior, PriorWithRedshift, redshift_to_unconstrained
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
 __all__ = ["train", "training_data", "simulation_bands", "input_layout", "training_prior", "INPUTS", "LR_SCHEDULES"]
@@ -125,8 +124,7 @@ def _read_shard(path, k: int, seed: int, val_fraction: float, layout: InputLayou
     z = t.column("z").to_numpy()
     x = layout.observables(flux, np.column_stack([t.column(c).to_numpy() for c in ec]), z)
     if z_range is not None:
-        lo, hi = z_range
-        u = np.column_stack([u, logit(np.clip((z - lo) / (hi - lo), 1e-15, 1 - 1e-15))])
+        u = np.column_stack([u, redshift_to_unconstrained(z, z_range)])
     val = np.random.default_rng([seed, k]).uniform(size=len(u)) < val_fraction
     return u, layout.features(x), val
 
