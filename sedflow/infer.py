@@ -11,7 +11,7 @@ each partition at its input pixel's path ``dataset/Norder=k/Dir=d/Npix=n.parquet
 ``partition_info.csv``, ``hats.properties``) written by ``hats`` at the end, so that
 ``lsdb.read_hats(out)`` opens it.
 
-Flags: ``flag_bad_input`` (not sampled, summaries null, row kept: z non-finite or outside the
+Flags: ``flag_bad_input`` (not sampled, summaries null, row kept: for spec-z models z non-finite or outside the
 training range; for log-magnitude models any non-finite or non-positive flux or error, ivar <= 0;
 for asinh-input models fewer than 3 measured bands), ``flag_quality`` (failed a quality cut of the
 catalog description, carried from ingest), ``flag_missing_bands`` (bitmask of bands without a
