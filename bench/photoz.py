@@ -26,14 +26,8 @@ def _frame(n: int):
     return read_catalog(kcorrect_sample_path(), CatalogSpec.load("sdss_kcorrect"), max_rows=n)[0]
 
 
-def _x(post, frame):
-    flux = frame[[f"flux_{b}" for b in post.bands]].to_numpy(dtype=float)
-    err = frame[[f"flux_err_{b}" for b in post.bands]].to_numpy(dtype=float)
-    return post.inputs.observables(flux, err, frame["z"].to_numpy(dtype=float))
-
-
 def run(quick: bool = False) -> dict:
-    from sedflow.infer import infer_frame, load_models
+    from sedflow.infer import galaxy_checks, infer_frame, load_models
 
     models = {name: load_models(name) for name in ("photoz", "sdss")}
     frame = _frame(max(GALAXIES[quick].values()))
@@ -43,7 +37,7 @@ def run(quick: bool = False) -> dict:
             n_gal = GALAXIES[quick][n]
             rates = {}
             for name, (post, _) in models.items():
-                x = _x(post, frame.iloc[:n_gal])
+                x = galaxy_checks(frame.iloc[:n_gal], post)[0]
                 post.sample(x[:1], 100, seed=0)
                 t0 = time.perf_counter()
                 post.sample(x, n, seed=0)

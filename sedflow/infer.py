@@ -48,8 +48,8 @@ from sedflow.prior import PARAM_NAMES
 from sedflow.sps.model import PROPERTY_NAMES
 from sedflow.storage import claim_output, write_parquet
 
-__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "summary_names", "output_schema", "check_filters", "require_redshifts",
-           "galaxy_checks", "infer_frame", "load_models", "partition_seed", "run_inference"]
+__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "sampled_names", "summary_names", "output_schema", "check_filters",
+           "require_redshifts", "galaxy_checks", "infer_frame", "load_models", "partition_seed", "run_inference"]
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
 MISSING_BANDS = "flag_missing_bands"     # int32 bitmask: bit j set when the model's band j has no measurement
@@ -60,10 +60,14 @@ STATS = ("mean", "std") + tuple(QUANTILES)
 MANIFEST = "_inference.json"
 
 
+def sampled_names(photoz: bool = False) -> tuple:
+    """The parameters drawn per galaxy: PARAM_NAMES, and z for a photo-z model."""
+    return tuple(PARAM_NAMES) + (("z",) if photoz else ())
+
+
 def summary_names(photoz: bool = False) -> tuple:
-    """The quantities summarised per galaxy: the parameters (and z for a photo-z model), then the
-    derived properties."""
-    return tuple(PARAM_NAMES) + (("z",) if photoz else ()) + tuple(PROPERTY_NAMES)
+    """The quantities summarised per galaxy: `sampled_names`, then the derived properties."""
+    return sampled_names(photoz) + tuple(PROPERTY_NAMES)
 
 
 def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc: bool = False,
@@ -78,8 +82,7 @@ def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc
     if mcmc:
         fields += [pa.field("mcmc_converged", pa.bool_())]
     if keep_samples:
-        names = tuple(PARAM_NAMES) + (("z",) if photoz else ())
-        fields += [pa.field("samples", pa.struct([pa.field(n, pa.list_(pa.float32())) for n in names]))]
+        fields += [pa.field("samples", pa.struct([pa.field(n, pa.list_(pa.float32())) for n in sampled_names(photoz)]))]
     return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples),
                                        "redshift": "inferred" if photoz else "given"})
 

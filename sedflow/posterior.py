@@ -270,7 +270,6 @@ class PosteriorModel:
         self.u_mean, self.u_std = np.array(std["u_mean"]), np.array(std["u_std"])
         self.prior = prior_from_dict(config["prior"])      # with z for a photo-z model
         self.infers_redshift = isinstance(self.prior, PriorWithRedshift)
-        self.kind = "photoz" if self.infers_redshift else "specz"
         self.arch = config["architecture"]["name"]
         self.bands = tuple(config["bands"])
         self.filters = tuple(config["filters"])
@@ -344,6 +343,11 @@ class PosteriorModel:
                 lp = self.net.log_prob(torch.as_tensor(u, dtype=torch.float32)[None], xt[ok])[0].double().numpy()
             out[ok] = lp - np.sum(np.log(self.u_std)) + self.prior.log_abs_det_jacobian(theta[ok])
         return out
+
+    @property
+    def kind(self) -> str:
+        """``"photoz"`` (infers z) or ``"specz"`` (conditions on it)."""
+        return "photoz" if self.infers_redshift else "specz"
 
     @property
     def names(self) -> tuple:

@@ -50,7 +50,35 @@ _SIMPLEX_ATOL = 1e-6  # tolerance on sum(beta) == 1
 Z_FLOOR = 1e-6        # the smallest redshift `PriorWithRedshift` draws (4 pc: finite fluxes)
 
 
-class Prior:
+class _RowChecks:
+    """`check` and `require_support` for a prior with ``names``, ``ndim`` and ``in_support``."""
+
+    def check(self, theta) -> np.ndarray:
+        """Return ``theta`` as a float64 (n, ndim) array or raise ``ValueError``."""
+        theta = np.asarray(theta, dtype=float)
+        if theta.ndim == 1:
+            theta = theta[None, :]
+        if theta.ndim != 2 or theta.shape[1] != self.ndim:
+            raise ValueError(f"theta must have shape (n, {self.ndim}) in order {self.names}, "
+                             f"got {theta.shape}")
+        return theta
+
+    def require_support(self, theta) -> np.ndarray:
+        """Like `check`, and raise ``ValueError`` naming the bad rows if any lie outside."""
+        theta = self.check(theta)
+        ok = self.in_support(theta)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            nonfinite = bad[~np.all(np.isfinite(theta[bad]), axis=1)]
+            msg = f"{bad.size} of {len(theta)} theta rows are outside the prior (rows {bad[:10].tolist()}"
+            msg += ", ...)" if bad.size > 10 else ")"
+            if nonfinite.size:
+                msg += f"; {nonfinite.size} contain NaN/inf"
+            raise ValueError(msg)
+        return theta
+
+
+class Prior(_RowChecks):
     """The SEDflow/PROVABGS prior (module docstring), batched over rows.
 
     Parameters
@@ -133,16 +161,6 @@ class Prior:
         return self._from_box(self._lo + u * (self._hi - self._lo))
 
     # ------------------------------------------------------------------ support
-    def check(self, theta) -> np.ndarray:
-        """Return ``theta`` as a float64 (n, 12) array or raise ``ValueError``."""
-        theta = np.asarray(theta, dtype=float)
-        if theta.ndim == 1:
-            theta = theta[None, :]
-        if theta.ndim != 2 or theta.shape[1] != self.ndim:
-            raise ValueError(f"theta must have shape (n, {self.ndim}) in order {PARAM_NAMES}, "
-                             f"got {theta.shape}")
-        return theta
-
     def in_support(self, theta) -> np.ndarray:
         """Boolean (n,): finite and inside the prior (NaN/inf rows are False)."""
         theta = self.check(theta)
@@ -151,20 +169,6 @@ class Prior:
             ok = np.all(inside & np.isfinite(theta), axis=1)
             ok &= np.abs(theta[:, 1:5].sum(axis=1) - 1) < _SIMPLEX_ATOL
         return ok
-
-    def require_support(self, theta) -> np.ndarray:
-        """Like `check`, and raise ``ValueError`` naming the bad rows if any lie outside."""
-        theta = self.check(theta)
-        ok = self.in_support(theta)
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            nonfinite = bad[~np.all(np.isfinite(theta[bad]), axis=1)]
-            msg = f"{bad.size} of {len(theta)} theta rows are outside the prior (rows {bad[:10].tolist()}"
-            msg += ", ...)" if bad.size > 10 else ")"
-            if nonfinite.size:
-                msg += f"; {nonfinite.size} contain NaN/inf"
-            raise ValueError(msg)
-        return theta
 
     def log_prob(self, theta) -> np.ndarray:
         """Log prior density of the 11 free coordinates (beta4 = 1 - beta1 - beta2 - beta3).
@@ -264,7 +268,7 @@ class Prior:
         return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
 
 
-class PriorWithRedshift:
+class PriorWithRedshift(_RowChecks):
     """The joint prior of the 12 SED parameters and the redshift, for models and samplers that infer z
     (photometric redshifts; Hahn & Melchior 2022, Sec. 6): ``sed_prior`` times z ~ U(z_min, z_max],
     independent. Column 12 of theta is z; the 12th unconstrained coordinate is
@@ -311,27 +315,11 @@ class PriorWithRedshift:
         z = hi - (hi - lo) * rng.uniform(size=len(theta))           # on (lo, hi]
         return np.column_stack([theta, np.maximum(z, self._z_floor)])
 
-    def check(self, theta) -> np.ndarray:
-        theta = np.asarray(theta, dtype=float)
-        if theta.ndim == 1:
-            theta = theta[None, :]
-        if theta.ndim != 2 or theta.shape[1] != self.ndim:
-            raise ValueError(f"theta must have shape (n, {self.ndim}) in order {self.names}, got {theta.shape}")
-        return theta
-
     def in_support(self, theta) -> np.ndarray:
         theta = self.check(theta)
         with np.errstate(invalid="ignore"):
             z_ok = np.isfinite(theta[:, -1]) & (theta[:, -1] >= self.z_range[0]) & (theta[:, -1] <= self.z_range[1])
         return self.sed_prior.in_support(theta[:, :-1]) & z_ok
-
-    def require_support(self, theta) -> np.ndarray:
-        theta = self.check(theta)
-        ok = self.in_support(theta)
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            raise ValueError(f"{bad.size} of {len(theta)} theta rows are outside the prior (rows {bad[:10].tolist()})")
-        return theta
 
     def log_prob(self, theta) -> np.ndarray:
         theta = self.check(theta)
