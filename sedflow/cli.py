@@ -170,7 +170,8 @@ def _infer(args) -> int:
     s = run_inference(args.catalog_dir, args.out, model_path=args.model, n_samples=args.samples,
                       keep_samples=args.keep_samples, address=args.address, seed=args.seed,
                       property_samples=args.property_samples, fallback=args.fallback,
-                      mcmc_options=mcmc if args.fallback else None, workers=args.workers, progress=not args.quiet)
+                      mcmc_options=mcmc if args.fallback else None, workers=args.workers, progress=not args.quiet,
+                      population_prior=not args.no_population_prior)
     flagged = ", ".join(f"{f[5:]} {100 * s['flagged_fraction'][f]:.1f}%" for f in COUNTED)
     print(f"{s['galaxies']:,} galaxies in {s['partitions']} partitions ({s['partitions_skipped']} already done) "
           f"-> {s['out']}; {s['seconds']:.1f} s, {s['galaxies_per_s']:,.1f} galaxies/s; flagged: {flagged}; "
@@ -183,6 +184,17 @@ def _run(args) -> int:
 
     run_main_job(args.out, n_samples=args.samples, address=args.address, workers=args.workers,
                  progress=not args.quiet, max_rows=args.max_rows)
+    return 0
+
+
+def _population_prior(args) -> int:
+    from sedflow.population import POPULATION_FILE, fit_to_catalog
+
+    pop = fit_to_catalog(args.model, args.catalog, args.spec, specz_model=args.specz_model, row_every=args.row_every,
+                         row_offset=args.row_offset, n_components=args.components, iterations=args.iterations,
+                         draws=args.draws, seed=args.seed, max_rows=args.max_rows, write=True)
+    print(f"population prior of {pop.fitted_on['n_galaxies']:,} galaxies ({pop.ndim} coordinates, "
+          f"{len(pop.weights)} components) -> {Path(args.model) / POPULATION_FILE}")
     return 0
 
 
@@ -398,8 +410,27 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mcmc-burn-in", type=int, default=2000)
     i.add_argument("--address", help="Dask scheduler address (default: a local cluster)")
     i.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    i.add_argument("--no-population-prior", action="store_true",
+                   help="keep the model's training prior even when it has a population prior (photoz has one)")
     i.add_argument("--quiet", action="store_true")
     i.set_defaults(func=_infer)
+
+    pp = sub.add_parser("population-prior",
+                        help="fit a model's population prior to a catalog with spectroscopic redshifts")
+    pp.add_argument("model", type=cli_path, help="model artifact directory: population_prior.json is written there")
+    pp.add_argument("--catalog", type=cli_path, required=True, help="catalog with spectroscopic redshifts")
+    pp.add_argument("--spec", required=True, help="its catalog description (a shipped name or a YAML path)")
+    pp.add_argument("--specz-model", type=cli_path, default="sdss",
+                    help="the spec-z model whose posteriors at the catalog's z are pooled (default sdss)")
+    pp.add_argument("--row-every", type=int, default=2,
+                    help="fit on rows with index %% ROW_EVERY == ROW_OFFSET, the rest held out (default 2)")
+    pp.add_argument("--row-offset", type=int, default=0)
+    pp.add_argument("--components", type=int, default=16, help="Gaussian mixture components (default 16)")
+    pp.add_argument("--iterations", type=int, default=1, help="deconvolution (stochastic EM) rounds (default 1)")
+    pp.add_argument("--draws", type=int, default=200, help="spec-z posterior draws per galaxy (default 200)")
+    pp.add_argument("--max-rows", type=int, help="the catalog's first rows only")
+    pp.add_argument("--seed", type=int, default=0)
+    pp.set_defaults(func=_population_prior)
 
     v = sub.add_parser("validate", help="calibration, MCMC comparison and real-data report of a model")
     v.add_argument("--out", type=cli_path, required=True, help="report directory")

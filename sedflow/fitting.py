@@ -127,7 +127,7 @@ def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tup
 
 def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_samples: int = 10_000,
         keep_samples: int | None = None, seed: int = 0, model=None, property_samples: int = 1000,
-        fallback: str | None = None) -> FitResult:
+        fallback: str | None = None, population_prior: bool = True) -> FitResult:
     """Posteriors of galaxies from raw catalog values, through a catalog description.
 
     Args:
@@ -153,6 +153,8 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
             ``"photoz"``: the shipped SDSS photometric-redshift model, summaries gain ``z_*``).
         property_samples: draws per galaxy used for the derived properties (default 1,000).
         fallback: ``"mcmc"`` runs zeus MCMC for valid but out-of-distribution rows (slow).
+        population_prior: re-weight the posteriors to the model's population prior when it has one
+            (the shipped ``photoz`` does: `sedflow.population`); False keeps its training prior.
 
     Returns:
         `FitResult` (``summary``, ``samples``, ``inputs``, ``counts``).
@@ -190,6 +192,6 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
                       "the input")
     table, draws = infer_frame(frame, post, sed, n_samples=int(n_samples), keep_samples=int(keep),
                                seed=partition_seed(seed, 0), property_samples=property_samples,
-                               fallback=fallback, return_draws=True)
+                               fallback=fallback, return_draws=True, population_prior=population_prior)
     samples = {name: draws[:, :, j] for j, name in enumerate(post.names)} if keep else {}
     return FitResult(summary=table.to_pandas(), samples=samples, inputs=frame, counts=counts)

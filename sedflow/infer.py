@@ -27,6 +27,10 @@ A photo-z model (``post.infers_redshift``) needs no redshift: it writes ``z_{mea
 beside the parameters, the derived properties are marginalised over z (each draw's properties at
 its own z), and the catalog's redshift, where it has one, is kept as ``z_spec`` (NaN where none).
 A spectroscopic-redshift model refuses a catalog without redshifts.
+
+A model with a population prior (`sedflow.population`; the shipped photo-z model has one) gives
+posteriors under it unless ``population_prior=False`` (``--no-population-prior``), with the
+columns ``population_ess`` and ``flag_low_ess``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sedflow import hats_io, ood
+from sedflow.population import LOW_ESS, OVERSAMPLE, resample_draws
 from sedflow.posterior import MIN_VALID_BANDS, PosteriorModel, load_model
 from sedflow.posterior import model_path as model_path_of
 from sedflow.prior import PARAM_NAMES
@@ -53,7 +58,8 @@ __all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "sampled_names", "summary_names", 
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
 MISSING_BANDS = "flag_missing_bands"     # int32 bitmask: bit j set when the model's band j has no measurement
-COUNTED = FLAGS + (MISSING_BANDS,)       # summaries count the rows where each is set
+POPULATION_ESS, LOW_ESS_FLAG = "population_ess", "flag_low_ess"   # with a population prior only
+COUNTED = FLAGS + (MISSING_BANDS, LOW_ESS_FLAG)   # summaries count the rows where each is set (0 when absent)
 SUMMARY_NAMES = tuple(PARAM_NAMES) + tuple(PROPERTY_NAMES)          # a spec-z model's; `summary_names`
 QUANTILES = {"p2p5": 2.5, "p16": 16.0, "p50": 50.0, "p84": 84.0, "p97p5": 97.5}
 STATS = ("mean", "std") + tuple(QUANTILES)
@@ -71,12 +77,15 @@ def summary_names(photoz: bool = False) -> tuple:
 
 
 def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc: bool = False,
-                  photoz: bool = False) -> pa.Schema:
+                  photoz: bool = False, population: bool = False) -> pa.Schema:
     fields = [pa.field("id", id_type)]
     fields += [pa.field(f"{n}_{s}", pa.float64()) for n in summary_names(photoz) for s in STATS]
     if photoz:
         fields += [pa.field("z_spec", pa.float64(), metadata={"description": "the catalog's redshift (NaN: none)"})]
-    fields += [pa.field(f, pa.bool_()) for f in FLAGS]
+    if population:
+        fields += [pa.field(POPULATION_ESS, pa.float64(), metadata={
+            "description": "effective sample size of the draws re-weighted to the population prior"})]
+    fields += [pa.field(f, pa.bool_()) for f in FLAGS + ((LOW_ESS_FLAG,) if population else ())]
     fields += [pa.field(MISSING_BANDS, pa.int32())]
     fields += [pa.field("method", pa.string())]
     if mcmc:
@@ -84,7 +93,8 @@ def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc
     if keep_samples:
         fields += [pa.field("samples", pa.struct([pa.field(n, pa.list_(pa.float32())) for n in sampled_names(photoz)]))]
     return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples),
-                                       "redshift": "inferred" if photoz else "given"})
+                                       "redshift": "inferred" if photoz else "given",
+                                       "prior": "population" if population else "training"})
 
 
 def require_redshifts(post: PosteriorModel, has_redshift: bool, what="the catalog") -> None:
@@ -153,13 +163,19 @@ def partition_seed(seed: int, number: int) -> list[int]:
 
 def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int = 10000, keep_samples: int = 0,
                 seed=0, property_samples: int = 1000, fallback: str | None = None,
-                mcmc_options: dict | None = None, chunk_draws: int = 2_000_000, return_draws: bool = False):
+                mcmc_options: dict | None = None, chunk_draws: int = 2_000_000, return_draws: bool = False,
+                population_prior: bool = True):
     """Posterior summaries for every row of a standard-form frame, as a Table of `output_schema`.
 
     Galaxies are sampled in chunks of about ``chunk_draws`` draws in all, so memory does not
-    grow with the partition size. ``return_draws``: return ``(table, draws)`` instead, the
-    table without its ``samples`` column and ``draws`` the first ``keep_samples`` draws of each
-    galaxy as an (n, keep_samples, 12) float32 array (NaN for rows not sampled).
+    grow with the partition size. With ``population_prior`` and a model that has one
+    (`sedflow.population`), each galaxy's ``OVERSAMPLE`` x ``n_samples`` draws under the training
+    prior are importance-resampled to ``n_samples`` under the population prior (MCMC fallback
+    draws too); the output gains ``population_ess`` and ``flag_low_ess`` (ESS below
+    `sedflow.population.LOW_ESS`: the photometry and the population prior disagree).
+    ``return_draws``: return ``(table, draws)`` instead, the table without its ``samples`` column
+    and ``draws`` the first ``keep_samples`` draws of each galaxy as an (n, keep_samples, 12)
+    float32 array (NaN for rows not sampled).
     """
     n = len(frame)
     if frame["id"].duplicated().any():
@@ -168,6 +184,8 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     photoz = post.infers_redshift
     z = frame["z"].to_numpy(dtype=float) if "z" in frame else np.full(n, np.nan)
     names = post.names                   # PARAM_NAMES (+ "z")
+    pop = post.population_prior if population_prior else None
+    ess = np.full(n, np.nan)
     good = ~flags["flag_bad_input"]
     method = np.where(good, "anpe", "none").astype(object)
     out_of_dist = flags["flag_sigma_ood"] | flags["flag_color_ood"] | flags["flag_posterior_ood"]
@@ -198,11 +216,19 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
         if keep_samples:
             draws[rows] = theta[:, :keep_samples].astype(np.float32)
 
+    def reweight(rows, theta, seed):
+        """Draws under the training prior -> n_samples draws under the population prior (if any)."""
+        if pop is None:
+            return theta
+        theta, ess[rows] = resample_draws(theta, pop, post.prior, n_samples, seed=seed)
+        return theta
+
     rows = np.flatnonzero(good & ~use_mcmc)
-    per_chunk = max(1, chunk_draws // n_samples)          # bound memory: galaxies x draws per chunk
+    n_draw = n_samples * (OVERSAMPLE if pop is not None else 1)
+    per_chunk = max(1, chunk_draws // n_draw)             # bound memory: galaxies x draws per chunk
     for k, start in enumerate(range(0, rows.size, per_chunk)):
         r = rows[start:start + per_chunk]
-        theta = post.sample(x[r], n_samples, seed=[anpe_seed, k])
+        theta = reweight(r, post.sample(x[r], n_draw, seed=[anpe_seed, k]), [anpe_seed, k, 1])
         record(r, theta, z[r])
     if use_mcmc.any():
         from sedflow.mcmc import run_mcmc
@@ -213,18 +239,26 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
             res = run_mcmc(flux[i], err[i], None if photoz else z[i], model=sed, prior=post.prior,
                            seed=int(child.generate_state(1)[0]), **(mcmc_options or {}))
             s = res.samples
-            k = np.random.default_rng(child).choice(len(s), size=min(n_samples, len(s)), replace=False)
-            record(np.array([i]), s[k][None], z[i:i + 1])
+            if pop is not None:
+                record(np.array([i]), reweight(np.array([i]), s[None], child), z[i:i + 1])
+            else:
+                k = np.random.default_rng(child).choice(len(s), size=min(n_samples, len(s)), replace=False)
+                record(np.array([i]), s[k][None], z[i:i + 1])
             converged[i] = bool(res.converged)
 
     cols.update(summ)
     if photoz:
         cols["z_spec"] = z
+    if pop is not None:
+        cols[POPULATION_ESS] = ess
+        with np.errstate(invalid="ignore"):
+            flags[LOW_ESS_FLAG] = ess < LOW_ESS
     cols.update(flags)
     cols["method"] = method
     ids = frame["id"]
     id_type = pa.string() if ids.dtype == object or pd.api.types.is_string_dtype(ids) else pa.int64()
-    schema = output_schema(id_type, 0 if return_draws else keep_samples, mcmc=fallback == "mcmc", photoz=photoz)
+    schema = output_schema(id_type, 0 if return_draws else keep_samples, mcmc=fallback == "mcmc", photoz=photoz,
+                           population=pop is not None)
     if fallback == "mcmc":
         cols["mcmc_converged"] = converged
     arrays = [pa.array(cols[f.name], type=f.type, from_pandas=True) for f in schema if f.name != "samples"]
@@ -312,15 +346,16 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
         table = infer_frame(frame, post, sed, n_samples=cfg["n_samples"],
                             keep_samples=cfg["keep_samples"], seed=seed,
                             property_samples=cfg["property_samples"], fallback=cfg["fallback"],
-                            mcmc_options=cfg["mcmc_options"])
+                            mcmc_options=cfg["mcmc_options"], population_prior=cfg.get("population_prior", False))
         if layout is not None:
             table = hats_io.with_position_columns(table, frame, layout)
             path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet(table, path)
         counts.update(seconds=time.perf_counter() - t0, skipped=False)
-    t = pq.read_table(path, columns=list(COUNTED) + ["method"])
+    present = [f for f in COUNTED if f in pq.read_schema(path).names]     # flag_low_ess: population prior only
+    t = pq.read_table(path, columns=present + ["method"])
     for f in COUNTED:
-        counts[f] = int(np.sum(t.column(f).to_numpy() != 0))
+        counts[f] = int(np.sum(t.column(f).to_numpy() != 0)) if f in present else 0
     for m in ("anpe", "mcmc", "none"):
         counts[f"method_{m}"] = int(np.sum(t.column("method").to_numpy(zero_copy_only=False) == m))
     return pd.DataFrame([counts])
@@ -339,11 +374,21 @@ def _ingested_input(catalog_dir) -> dict | None:
     return {k: m.get(k) for k in keys + (("has_redshift",) if "has_redshift" in m else ())}
 
 
+def _population_digest(post: PosteriorModel) -> str | None:
+    """sha256 of the model's population prior, so that a resume after it was refitted is refused."""
+    import hashlib
+
+    if post.population_prior is None:
+        return None
+    return hashlib.sha256(json.dumps(post.population_prior.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000, keep_samples: int = 0,
                   address: str | None = None, seed: int = 0, property_samples: int = 1000,
                   fallback: str | None = None, mcmc_options: dict | None = None, workers: int = 2,
-                  progress: bool = True) -> dict:
-    """Infer every galaxy of an ingested catalog; returns a summary dict (also ``_summary.json``)."""
+                  progress: bool = True, population_prior: bool = True) -> dict:
+    """Infer every galaxy of an ingested catalog; returns a summary dict (also ``_summary.json``).
+    ``population_prior``: re-weight to the model's population prior when it has one (`infer_frame`)."""
     import dask
     from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
@@ -368,7 +413,8 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
            "catalog_input": catalog_input,
            "n_samples": n_samples, "keep_samples": keep_samples, "seed": seed,
            "property_samples": property_samples, "fallback": fallback, "mcmc_options": mcmc_options or {},
-           "out": str(out)}
+           "population_prior": bool(population_prior and post.population_prior is not None),
+           "population_prior_sha256": _population_digest(post) if population_prior else None, "out": str(out)}
     claim_output(out / MANIFEST, cfg, "inference", ignore=("out",))
     for pattern in (".part-*.tmp*", "dataset/Norder=*/Dir=*/.Npix=*.tmp*"):
         for stale in out.glob(pattern):

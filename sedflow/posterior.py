@@ -262,9 +262,11 @@ def _versions() -> dict:
 class PosteriorModel:
     """A trained amortized posterior (use `load_model` to get one)."""
 
-    def __init__(self, net, config: dict):
+    def __init__(self, net, config: dict, population_prior=None):
         self.net = net.eval()
         self.config = config
+        # `sedflow.population.PopulationPrior` over the prior's unconstrained coordinates, or None
+        self.population_prior = population_prior
         std = config["standardization"]
         self.x_mean, self.x_std = np.array(std["x_mean"]), np.array(std["x_std"])
         self.u_mean, self.u_std = np.array(std["u_mean"]), np.array(std["u_std"])
@@ -428,4 +430,21 @@ def load_model(model=None) -> PosteriorModel:
         net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     except RuntimeError as e:
         raise ArtifactError(f"{path}: weights do not fit architecture {config['architecture']}: {e}") from e
-    return PosteriorModel(net, config)
+    return PosteriorModel(net, config, _load_population_prior(path, prior))
+
+
+def _load_population_prior(path: Path, prior):
+    """The artifact's `sedflow.population.PopulationPrior` (``population_prior.json``), or None."""
+    from sedflow.population import POPULATION_FILE, PopulationPrior
+
+    file = path / POPULATION_FILE
+    if not file.is_file():
+        return None
+    try:
+        pop = PopulationPrior.from_dict(json.loads(file.read_text()))
+    except (ValueError, KeyError, TypeError, np.linalg.LinAlgError) as e:
+        raise ArtifactError(f"{file} is not a valid population prior: {e}") from None
+    if pop.ndim != prior.ndim_unconstrained:
+        raise ArtifactError(f"{file} is a density in {pop.ndim} dimensions, the model's prior has "
+                            f"{prior.ndim_unconstrained} unconstrained coordinates")
+    return pop

@@ -100,8 +100,11 @@ REPORTED_ERRORS = ("observed", "true")
 
 def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_min=0.0, z_max=0.2,
                   batch: int = 8192, reported_errors: str = "observed", noise_envelope=None,
-                  min_detected: int | None = None) -> tuple[dict, dict]:
+                  min_detected: int | None = None, draw=None) -> tuple[dict, dict]:
     """Draw simulations until ``n_rows`` survive the cuts; deterministic given ``rng``.
+
+    Parameters are drawn from ``prior`` and z uniformly on (z_min, z_max], or by ``draw(size, rng)
+    -> (theta (size, 12), z (size,))`` when given (e.g. from a `sedflow.population.PopulationPrior`).
 
     Each galaxy gets sigma_mag from the noise model at its noiseless magnitudes, and Gaussian flux
     noise of sigma_f = sigma_mag f_true / 1.0857. Its reported error, what the flow and the MCMC
@@ -141,8 +144,11 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
     parts, counts, kept = [], _Counts(), 0
     while kept < n_rows:
         size = max(1024, min(batch, 2 * (n_rows - kept)))
-        theta = prior.sample(size, seed=rng)
-        z = z_max - (z_max - z_min) * rng.uniform(size=size)          # on (z_min, z_max]
+        if draw is None:
+            theta = prior.sample(size, seed=rng)
+            z = z_max - (z_max - z_min) * rng.uniform(size=size)          # on (z_min, z_max]
+        else:
+            theta, z = draw(size, rng)
         flux_true = model.photometry(theta, z)
         sigma_mag, ok_sigma = noise.sample_mag_err(nanomaggies_to_mag(flux_true), rng)
         if noise_envelope is not None:

@@ -48,20 +48,30 @@ def _calibration(samples, truths, names=PARAM_NAMES) -> dict:
     return cal
 
 
-def held_out_simulations(post, sed, n: int, seed: int) -> dict:
+def held_out_simulations(post, sed, n: int, seed: int, population=None) -> dict:
     """Simulations drawn as the training set was (``sed``: the model's own, `PosteriorModel.sed_model`;
     the same noise envelope, faint-end cut and, for asinh models, random band masks), with a fresh
-    seed: theta (with z last for a photo-z model), x, flux (NaN where masked), flux_err, z."""
+    seed: theta (with z last for a photo-z model), x, flux (NaN where masked), flux_err, z.
+    ``population``: parameters (and, for a photo-z model, z) from this
+    `sedflow.population.PopulationPrior` instead of the training prior."""
     from sedflow.simulate import simulate_rows
     from sedflow.train import mask_bands
 
     cfg = post.config.get("simulation") or {}
     noise = NoiseModel.from_dict(post.config["noise_model"])
+    z_min, z_max = cfg.get("z_min", 0.0), cfg.get("z_max", 0.2)
+    draw = None
+    if population is not None:
+        def draw(size, rng):
+            theta = post.prior.from_unconstrained(population.sample_unconstrained(size, rng))
+            if post.infers_redshift:
+                return theta[:, :-1], theta[:, -1]
+            return theta, z_max - (z_max - z_min) * rng.uniform(size=size)
     # models trained before `reported_errors` existed were trained on "true" (sedflow.simulate)
     cols, _ = simulate_rows(sed, noise, post.prior.sed_prior, n, np.random.default_rng(seed),
-                            z_min=cfg.get("z_min", 0.0), z_max=cfg.get("z_max", 0.2),
-                            reported_errors=cfg.get("reported_errors", "true"),
-                            noise_envelope=cfg.get("noise_envelope"), min_detected=cfg.get("min_detected"))
+                            z_min=z_min, z_max=z_max, reported_errors=cfg.get("reported_errors", "true"),
+                            noise_envelope=cfg.get("noise_envelope"), min_detected=cfg.get("min_detected"),
+                            draw=draw)
     flux = np.column_stack([cols[f"flux_{b}"] for b in post.bands])
     if post.config.get("missing_fraction"):
         flux = mask_bands(flux, post.config["missing_fraction"], np.random.default_rng([seed, 1]))
@@ -69,6 +79,20 @@ def held_out_simulations(post, sed, n: int, seed: int) -> dict:
     return {"theta": np.column_stack([cols[p] for p in post.names]),
             "x": post.inputs.observables(flux, flux_err, cols["z"]),
             "flux": flux, "flux_err": flux_err, "z": cols["z"]}
+
+
+def _population_calibration(post, sed, n: int, n_samples: int, seed: int, out) -> dict:
+    """SBC / p-p of the posteriors re-weighted to the model's population prior (`sedflow.infer`'s
+    `OVERSAMPLE` x ``n_samples`` flow draws, importance-resampled), on simulations drawn from it."""
+    from sedflow.population import OVERSAMPLE, resample_draws
+
+    pop = post.population_prior
+    sims = held_out_simulations(post, sed, n, seed + 1, population=pop)
+    draws = post.sample(sims["x"], OVERSAMPLE * n_samples, seed=seed + 1)
+    samples, ess = resample_draws(draws, pop, post.prior, n_samples, seed=seed + 2)
+    plot_pp(samples, sims["theta"], list(post.names), out / "pp_population_prior.png")
+    return {"n": int(n), **_calibration(samples, sims["theta"], post.names),
+            "population_ess": {"median": float(np.median(ess)), "p5": float(np.percentile(ess, 5))}}
 
 
 REFERENCES = ("nautilus", "zeus")
@@ -270,7 +294,7 @@ def _real_data(post, sed, catalog, spec, n_samples, seed):
     chi2, _ = best_fit(sed, theta[:, :min(n_samples, 200)], flux, err,
                        None if post.infers_redshift else frame["z"].to_numpy(dtype=float)[good])
     return {"catalog": str(catalog), "rows": int(len(frame)),
-            "flagged_fraction": {f: float(np.mean(flags[f] != 0)) for f in COUNTED},
+            "flagged_fraction": {f: float(np.mean(flags[f] != 0)) for f in COUNTED if f in flags},
             "any_ood_fraction": float(np.mean(flags["flag_sigma_ood"] | flags["flag_color_ood"]
                                               | flags["flag_posterior_ood"])),
             "best_fit_chi2_percentiles_16_50_84": np.percentile(chi2, [16, 50, 84]).tolist(),
@@ -283,8 +307,10 @@ def photoz_real_data(post, specz, catalog, spec, n_samples: int = 1000, seed: in
     `sedflow.diagnostics.photoz_metrics` on the rows it sampled whose z_spec lies in its redshift
     range (and on those of them without an OOD flag), and log M*_surv from it against the spec-z
     model ``specz`` on the same rows (offset, NMAD and std of the difference). Both through
-    `sedflow.infer.infer_frame`, as ``sedflow infer`` runs them. ``out``: also ``photoz_{name}.png``;
-    ``max_rows``: the catalog's first rows only."""
+    `sedflow.infer.infer_frame`, as ``sedflow infer`` runs them. A model with a population prior
+    (`sedflow.population`) is measured with it, on the rows its fit did not use when it was fitted
+    to this catalog, and the same rows with its training prior go under ``training_prior``.
+    ``out``: also ``photoz_{name}.png``; ``max_rows``: the catalog's first rows only."""
     from sedflow.catalog import CatalogSpec, read_catalog
     from sedflow.diagnostics import photoz_metrics, plot_photoz
     from sedflow.infer import check_filters, infer_frame
@@ -293,29 +319,50 @@ def photoz_real_data(post, specz, catalog, spec, n_samples: int = 1000, seed: in
     for model in (post, specz):
         check_filters(model, spec.bands, spec.filters, f"the description {spec.name!r}")
     frame, _ = read_catalog(catalog, spec, max_rows=max_rows)
-    table, draws = infer_frame(frame, post, post.sed_model(), n_samples=n_samples, keep_samples=n_samples, seed=seed,
-                               return_draws=True)
-    pz = table.to_pandas()
+    pop = post.population_prior
+    held_out = np.ones(len(frame), bool)
+    if pop is not None and pop.fitted_on.get("spec") == spec.name:
+        every, offset = pop.fitted_on["row_every"], pop.fitted_on["row_offset"]
+        held_out = np.arange(len(frame)) % every != offset
+    frame = frame[held_out].reset_index(drop=True)
     sz = infer_frame(frame, specz, specz.sed_model(), n_samples=n_samples, seed=seed).to_pandas()
     z_spec = frame["z"].to_numpy(dtype=float)
     lo, hi = post.prior.z_range
-    with np.errstate(invalid="ignore"):
-        valid = (pz["method"] == "anpe").to_numpy() & np.isfinite(z_spec) & (z_spec > lo) & (z_spec <= hi)
-    ood = (pz["flag_sigma_ood"] | pz["flag_color_ood"] | pz["flag_posterior_ood"]).to_numpy()
-    z_draws = draws[:, :, post.names.index("z")].astype(float)
-    both = valid & (sz["method"] == "anpe").to_numpy()
-    dm = (pz["logmstar_surv_p50"] - sz["logmstar_surv_p50"]).to_numpy()[both]
-    result = {"catalog": Path(catalog).name, "spec": spec.name, "rows": int(len(frame)), "valid_rows": int(valid.sum()),
-              "z_range": [lo, hi], "n_samples": n_samples, "specz_model": str(specz_name),
-              "all": photoz_metrics(z_draws[valid], z_spec[valid]),
-              "no_ood_flag": photoz_metrics(z_draws[valid & ~ood], z_spec[valid & ~ood]) if (valid & ~ood).any() else None,
-              "logmstar_surv_photoz_minus_specz": {
-                  "n": int(both.sum()), "median": float(np.median(dm)),
-                  "nmad": float(1.4826 * np.median(np.abs(dm - np.median(dm)))), "std": float(np.std(dm))}}
+
+    def measure(population_prior: bool):
+        """-> (metrics, photo-z table, z draws of the valid rows when a figure is wanted, valid rows)"""
+        table, draws = infer_frame(frame, post, post.sed_model(), n_samples=n_samples, keep_samples=n_samples,
+                                   seed=seed, return_draws=True, population_prior=population_prior)
+        pz = table.to_pandas()
+        with np.errstate(invalid="ignore"):
+            valid = (pz["method"] == "anpe").to_numpy() & np.isfinite(z_spec) & (z_spec > lo) & (z_spec <= hi)
+        ood = (pz["flag_sigma_ood"] | pz["flag_color_ood"] | pz["flag_posterior_ood"]).to_numpy()
+        z_draws = draws[:, :, post.names.index("z")].astype(float)
+        both = valid & (sz["method"] == "anpe").to_numpy()
+        dm = (pz["logmstar_surv_p50"] - sz["logmstar_surv_p50"]).to_numpy()[both]
+        res = {"valid_rows": int(valid.sum()),
+               "all": photoz_metrics(z_draws[valid], z_spec[valid]),
+               "no_ood_flag": photoz_metrics(z_draws[valid & ~ood], z_spec[valid & ~ood]) if (valid & ~ood).any() else None,
+               "logmstar_surv_photoz_minus_specz": {
+                   "n": int(both.sum()), "median": float(np.median(dm)),
+                   "nmad": float(1.4826 * np.median(np.abs(dm - np.median(dm)))), "std": float(np.std(dm))}}
+        if population_prior and pop is not None:
+            ess = pz["population_ess"].to_numpy()[valid]
+            res["population_ess"] = {"median": float(np.median(ess)), "p5": float(np.percentile(ess, 5)),
+                                     "low_ess_fraction": float(pz["flag_low_ess"].to_numpy()[valid].mean())}
+        return res, pz, z_draws[valid] if out is not None else None, valid
+
+    main, pz, zd, valid = measure(True)
+    result = {"catalog": Path(catalog).name, "spec": spec.name, "rows": int(held_out.size),
+              "held_out_rows": int(held_out.sum()), "z_range": [lo, hi], "n_samples": n_samples,
+              "specz_model": str(specz_name), "prior": "population" if pop is not None else "training", **main}
+    if pop is not None:
+        result["population_prior_fitted_on"] = pop.fitted_on
+        result["training_prior"] = measure(False)[0]
     if out is not None:
-        pit = np.mean(z_draws[valid] < z_spec[valid, None], axis=1)
+        pit = np.mean(zd < z_spec[valid, None], axis=1)
         plot_photoz(pz["z_p50"].to_numpy()[valid], z_spec[valid], pit, Path(out) / f"photoz_{spec.name}.png",
-                    title=f"{spec.name}: {int(valid.sum())} galaxies")
+                    title=f"{spec.name}: {int(valid.sum())} galaxies ({result['prior']} prior)")
         result["figure"] = f"photoz_{spec.name}.png"
     return result
 
@@ -381,6 +428,8 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     plot_pp(samples, sims["theta"], list(names), out / "pp.png")
     plot_rank_histograms(sbc_ranks(samples, sims["theta"]), n_samples, list(names), out / "sbc_ranks.png")
     plot_tarp(tarp(samples, sims["theta"], seed=seed), out / "tarp.png")
+    if post.population_prior is not None:
+        metrics["calibration_population_prior"] = _population_calibration(post, sed, n_test, n_samples, seed, out)
 
     if n_mcmc > 0:
         mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_options, out,
@@ -445,6 +494,18 @@ def _report_md(m: dict) -> str:
                      f"**{'pass' if sub['passes']['sbc'] else 'FAIL'}** (lowest KS p {worst:.3f}), p-p "
                      f"**{'pass' if sub['passes']['pp'] else 'FAIL'}** (largest deviation {dev:.3f})")
     lines += ["", "![p-p](pp.png) ![ranks](sbc_ranks.png) ![tarp](tarp.png)", ""]
+    if "calibration_population_prior" in m:
+        pc = m["calibration_population_prior"]
+        lines += ["## Calibration with the population prior", "",
+                  f"{pc['n']} simulations drawn from the model's population prior (`population_prior.json`), "
+                  f"each galaxy's flow draws importance-resampled to it as `sedflow infer` does (effective "
+                  f"sample size median {pc['population_ess']['median']:.0f}, 5th percentile "
+                  f"{pc['population_ess']['p5']:.0f}). SBC **{'pass' if pc['passes']['sbc'] else 'FAIL'}**, "
+                  f"p-p **{'pass' if pc['passes']['pp'] else 'FAIL'}**.", "",
+                  "| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
+                  f"{p['coverage_95']:.3f} |" for name, p in pc["parameters"].items()]
+        lines += ["", "![p-p population prior](pp_population_prior.png)", ""]
     if "mcmc" in m:
         mc = m["mcmc"]
         noise = ("the standard error of its medians from its effective sample size" if mc["reference"] == "nautilus"
@@ -482,20 +543,29 @@ def _report_md(m: dict) -> str:
                   for k, r in w["ratio"].items()]
         lines += [""]
     for r in m.get("photoz_real_data", []):
-        a, c, dm = r["all"], r["no_ood_flag"], r["logmstar_surv_photoz_minus_specz"]
+        held = (f"{r['held_out_rows']} of {r['rows']} rows held out of the population prior's fit"
+                if r.get("held_out_rows", r["rows"]) < r["rows"] else f"{r['rows']} rows")
         lines += [f"## Photometric redshifts: {r['spec']}", "",
-                  f"`{r['catalog']}`: {r['valid_rows']} of {r['rows']} rows sampled with a spectroscopic z in "
+                  f"`{r['catalog']}`: {held}; {r['valid_rows']} of them sampled with a spectroscopic z in "
                   f"({r['z_range'][0]:g}, {r['z_range'][1]:g}]; z_phot = posterior median of {r['n_samples']} draws, "
                   f"dz = (z_phot - z_spec) / (1 + z_spec).", "",
-                  "| rows | n | sigma_NMAD | bias (median dz) | outliers (abs dz > 0.15) | PIT KS p | PIT < 0.01 or > 0.99 |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, x in (("all", a), ("no OOD flag", c)):
-            if x:
-                lines.append(f"| {label} | {x['n']} | {x['sigma_nmad']:.4f} | {x['bias']:+.4f} | "
-                             f"{x['outlier_fraction']:.4f} | {x['pit_ks_pvalue']:.2g} | "
-                             f"{x['pit_below_0p01_or_above_0p99']:.3f} |")
-        lines += ["", f"log M*_surv with photo-z minus with spec-z (`{r['specz_model']}`), {dm['n']} galaxies: median "
-                  f"{dm['median']:+.3f} dex, NMAD {dm['nmad']:.3f}, std {dm['std']:.3f}.", ""]
+                  "| prior | rows | n | sigma_NMAD | bias (median dz) | outliers (abs dz > 0.15) | PIT KS p | "
+                  "PIT < 0.01 or > 0.99 | log M* photo-z - spec-z: median, NMAD |", "|---|---|---|---|---|---|---|---|---|"]
+        for prior, res in ((r.get("prior", "training"), r), ("training", r.get("training_prior"))):
+            if not res:
+                continue
+            dm = res["logmstar_surv_photoz_minus_specz"]
+            for label, x in (("all", res["all"]), ("no OOD flag", res["no_ood_flag"])):
+                if x:
+                    lines.append(f"| {prior} | {label} | {x['n']} | {x['sigma_nmad']:.4f} | {x['bias']:+.4f} | "
+                                 f"{x['outlier_fraction']:.4f} | {x['pit_ks_pvalue']:.2g} | "
+                                 f"{x['pit_below_0p01_or_above_0p99']:.3f} | "
+                                 + (f"{dm['median']:+.3f}, {dm['nmad']:.3f} |" if label == "all" else "|"))
+        if "population_ess" in r:
+            e = r["population_ess"]
+            lines += ["", f"Population-prior effective sample size: median {e['median']:.0f}, 5th percentile "
+                      f"{e['p5']:.0f}; flag_low_ess on {e['low_ess_fraction']:.1%} of the rows."]
+        lines += ["", f"log M*_surv is compared with the spec-z model `{r['specz_model']}` on the same rows (dex).", ""]
         if r.get("figure"):
             lines += [f"![photo-z]({r['figure']})", ""]
     if "real_data" in m:

@@ -104,7 +104,8 @@ def test_one_galaxy_and_programming_errors(sdss_rows):
         sedflow.fit(a["flux"], a["flux_err"], 0.1, extinction=a["extinction"], spec="nsa")
 
 
-@pytest.mark.parametrize("module", ["sedflow", "sedflow.fitting", "sedflow.posterior", "sedflow.flows"])
+@pytest.mark.parametrize("module", ["sedflow", "sedflow.fitting", "sedflow.posterior", "sedflow.flows",
+                                    "sedflow.population"])
 def test_docstring_examples_run(module):
     import importlib
 
