@@ -164,7 +164,7 @@ def _train(args) -> int:
 
 
 def _infer(args) -> int:
-    from sedflow.infer import COUNTED, run_inference
+    from sedflow.infer import run_inference
 
     mcmc = {"n_walkers": args.mcmc_walkers, "n_steps": args.mcmc_steps, "burn_in": args.mcmc_burn_in}
     s = run_inference(args.catalog_dir, args.out, model_path=args.model, n_samples=args.samples,
@@ -172,7 +172,7 @@ def _infer(args) -> int:
                       property_samples=args.property_samples, fallback=args.fallback,
                       mcmc_options=mcmc if args.fallback else None, workers=args.workers, progress=not args.quiet,
                       population_prior=not args.no_population_prior)
-    flagged = ", ".join(f"{f[5:]} {100 * s['flagged_fraction'][f]:.1f}%" for f in COUNTED)
+    flagged = ", ".join(f"{f[5:]} {100 * v:.1f}%" for f, v in s["flagged_fraction"].items())
     print(f"{s['galaxies']:,} galaxies in {s['partitions']} partitions ({s['partitions_skipped']} already done) "
           f"-> {s['out']}; {s['seconds']:.1f} s, {s['galaxies_per_s']:,.1f} galaxies/s; flagged: {flagged}; "
           f"methods: anpe {s['method_anpe']:,}, mcmc {s['method_mcmc']:,}, none {s['method_none']:,}")

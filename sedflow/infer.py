@@ -468,11 +468,12 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
                                         obs_title="sedflow posterior catalog")
     done = table[~table["skipped"]]
     rows = int(table["rows"].sum())
+    counted = [f for f in COUNTED if f != LOW_ESS_FLAG or cfg["population_prior"]]
     summary = {"galaxies": rows, "partitions": int(len(table)), "partitions_skipped": int(table["skipped"].sum()),
                "seconds": elapsed, "galaxies_per_s": float(done["rows"].sum() / elapsed) if elapsed else 0.0,
-               **{f: int(table[f].sum()) for f in COUNTED},
+               **{f: int(table[f].sum()) for f in counted},
                **{f"method_{m}": int(table[f"method_{m}"].sum()) for m in ("anpe", "mcmc", "none")},
-               "flagged_fraction": {f: float(table[f].sum() / rows) if rows else 0.0 for f in COUNTED},
-               "out": str(out)}
+               "flagged_fraction": {f: float(table[f].sum() / rows) if rows else 0.0 for f in counted},
+               "prior": "population" if cfg["population_prior"] else "training", "out": str(out)}
     (out / "_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -220,10 +220,10 @@ def fit_to_catalog(model, catalog, spec, specz_model="sdss", row_every: int = 2,
         check_filters(m, spec.bands, spec.filters, f"the description {spec.name!r}")
     frame, _ = read_catalog(catalog, spec, max_rows=max_rows)
     frame = frame[np.arange(len(frame)) % row_every == row_offset].reset_index(drop=True)
-    table = infer_frame(frame, specz, specz.sed_model(), n_samples=draws, keep_samples=draws, seed=seed,
-                        property_samples=1, return_draws=True, population_prior=False)
-    ok = (table[0].column("method").to_numpy(zero_copy_only=False) == "anpe")
-    theta = table[1][ok].astype(float)
+    summary, specz_draws = infer_frame(frame, specz, specz.sed_model(), n_samples=draws, keep_samples=draws,
+                                       seed=seed, property_samples=1, return_draws=True, population_prior=False)
+    ok = summary.column("method").to_numpy(zero_copy_only=False) == "anpe"
+    theta = specz_draws[ok].astype(float)
     if post.infers_redshift:       # z in the photo-z model's range; the spec-z model's may be narrower
         lo, hi = post.prior.z_range
         z = frame["z"].to_numpy(dtype=float)[ok]
