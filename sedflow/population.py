@@ -94,6 +94,7 @@ class PopulationPrior:
         return out
 
     def sample_unconstrained(self, n: int, seed=None) -> np.ndarray:
+        """n draws (n, d) from the mixture (map them with the model prior's `from_unconstrained`)."""
         rng = np.random.default_rng(seed)
         k = rng.choice(len(self.weights), size=n, p=self.weights)
         eps = rng.standard_normal((n, self.ndim))
@@ -101,7 +102,7 @@ class PopulationPrior:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, draws_u, prior_log_prob_u, n_components: int = 16, iterations: int = 2,
+    def fit(cls, draws_u, prior_log_prob_u, n_components: int = 16, iterations: int = 1,
             per_galaxy: int = 40, seed=0, fitted_on: dict | None = None) -> "PopulationPrior":
         """Fit to posterior draws of a sample: ``draws_u`` (n_gal, n_draws, d) in unconstrained
         coordinates, drawn under the prior whose log density over them ``prior_log_prob_u`` gives.

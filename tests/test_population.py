@@ -120,16 +120,21 @@ def test_inference_with_the_population_prior(tmp_path):
     assert np.median(dz(pop)) < 1.2 * np.median(dz(flat))
 
 
-def test_fit_to_catalog_writes_the_file_and_validation_holds_its_rows_out(tmp_path):
+def test_fit_to_catalog_writes_the_file_and_validation_holds_its_rows_out(tmp_path, capsys):
+    """`sedflow population-prior` writes the file `load_model` picks up; `photoz_real_data` then
+    measures on the other rows only."""
+    from sedflow.cli import main
     from sedflow.validate import photoz_real_data
 
     for f in ("config.json", "weights.safetensors"):
         shutil.copy(model_path("photoz") / f, tmp_path / f)
-    pop = fit_to_catalog(tmp_path, kcorrect_sample_path(), "sdss_kcorrect", max_rows=400, n_components=2,
-                         draws=50, row_every=4, row_offset=1, write=True)
-    assert pop.fitted_on["n_galaxies"] >= 95 and pop.fitted_on["row_every"] == 4
+    assert main(["population-prior", str(tmp_path), "--catalog", str(kcorrect_sample_path()), "--spec",
+                 "sdss_kcorrect", "--max-rows", "400", "--components", "2", "--draws", "50", "--row-every", "4",
+                 "--row-offset", "1"]) == 0
+    assert POPULATION_FILE in capsys.readouterr().out
     post = load_model(tmp_path)
-    assert post.population_prior.fitted_on == pop.fitted_on
+    pop = post.population_prior
+    assert pop.fitted_on["n_galaxies"] >= 95 and pop.fitted_on["row_every"] == 4 and len(pop.weights) == 2
     r = photoz_real_data(post, load_model("sdss"), kcorrect_sample_path(), "sdss_kcorrect", n_samples=100,
                          max_rows=400)
     assert r["held_out_rows"] == 300 and r["prior"] == "population" and "training_prior" in r
