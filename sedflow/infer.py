@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sedflow import hats_io, ood
-from sedflow.population import LOW_ESS, OVERSAMPLE, resample_draws
+from sedflow.population import LOW_ESS, OVERSAMPLE, resample_draws, sample_population
 from sedflow.posterior import MIN_VALID_BANDS, PosteriorModel, load_model
 from sedflow.posterior import model_path as model_path_of
 from sedflow.prior import PARAM_NAMES
@@ -169,10 +169,11 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
 
     Galaxies are sampled in chunks of about ``chunk_draws`` draws in all, so memory does not
     grow with the partition size. With ``population_prior`` and a model that has one
-    (`sedflow.population`), each galaxy's ``OVERSAMPLE`` x ``n_samples`` draws under the training
-    prior are importance-resampled to ``n_samples`` under the population prior (MCMC fallback
-    draws too); the output gains ``population_ess`` and ``flag_low_ess`` (ESS below
-    `sedflow.population.LOW_ESS`: the photometry and the population prior disagree).
+    (`sedflow.population`), each galaxy's draws under the training prior are importance-resampled
+    to ``n_samples`` under the population prior (`sedflow.population.sample_population`; the MCMC
+    fallback's chains too); the output gains
+    ``population_ess`` and ``flag_low_ess`` (ESS still below LOW_ESS: the photometry and the
+    population prior disagree).
     ``return_draws``: return ``(table, draws)`` instead, the table without its ``samples`` column
     and ``draws`` the first ``keep_samples`` draws of each galaxy as an (n, keep_samples, 12)
     float32 array (NaN for rows not sampled).
@@ -216,19 +217,15 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
         if keep_samples:
             draws[rows] = theta[:, :keep_samples].astype(np.float32)
 
-    def reweight(rows, theta, seed):
-        """Draws under the training prior -> n_samples draws under the population prior (if any)."""
-        if pop is None:
-            return theta
-        theta, ess[rows] = resample_draws(theta, pop, post.prior, n_samples, seed=seed)
-        return theta
-
     rows = np.flatnonzero(good & ~use_mcmc)
     n_draw = n_samples * (OVERSAMPLE if pop is not None else 1)
     per_chunk = max(1, chunk_draws // n_draw)             # bound memory: galaxies x draws per chunk
     for k, start in enumerate(range(0, rows.size, per_chunk)):
         r = rows[start:start + per_chunk]
-        theta = reweight(r, post.sample(x[r], n_draw, seed=[anpe_seed, k]), [anpe_seed, k, 1])
+        if pop is None:
+            theta = post.sample(x[r], n_samples, seed=[anpe_seed, k])
+        else:
+            theta, ess[r] = sample_population(post, x[r], n_samples, [anpe_seed, k], chunk_draws)
         record(r, theta, z[r])
     if use_mcmc.any():
         from sedflow.mcmc import run_mcmc
@@ -239,8 +236,9 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
             res = run_mcmc(flux[i], err[i], None if photoz else z[i], model=sed, prior=post.prior,
                            seed=int(child.generate_state(1)[0]), **(mcmc_options or {}))
             s = res.samples
-            if pop is not None:
-                record(np.array([i]), reweight(np.array([i]), s[None], child), z[i:i + 1])
+            if pop is not None:           # the chain is drawn under the training prior too
+                theta, ess[i:i + 1] = resample_draws(s[None], pop, post.prior, n_samples, seed=child)
+                record(np.array([i]), theta, z[i:i + 1])
             else:
                 k = np.random.default_rng(child).choice(len(s), size=min(n_samples, len(s)), replace=False)
                 record(np.array([i]), s[k][None], z[i:i + 1])

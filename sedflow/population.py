@@ -34,12 +34,14 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-__all__ = ["PopulationPrior", "fit_to_catalog", "resample_draws", "POPULATION_FILE", "LOW_ESS", "OVERSAMPLE"]
+__all__ = ["PopulationPrior", "fit_to_catalog", "resample_draws", "sample_population", "POPULATION_FILE", "LOW_ESS", "OVERSAMPLE",
+           "RETRY_OVERSAMPLE"]
 
 POPULATION_FILE = "population_prior.json"   # beside a model's config.json
 _CHUNK = 4096          # rows per block of the mixture density (stays in cache)
 LOW_ESS = 50            # flag_low_ess below this effective sample size
 OVERSAMPLE = 2          # flow draws per kept draw when re-weighting to a population prior
+RETRY_OVERSAMPLE = 8    # the same for a galaxy whose ESS came out below LOW_ESS (drawn once more)
 
 
 class PopulationPrior:
@@ -183,6 +185,28 @@ def resample_draws(theta, pop: PopulationPrior, prior, n_out: int, seed=None):
     log_w = pop.log_weights(theta.reshape(-1, d), prior).reshape(n_gal, n_draws)
     idx, ess = _resample_index(log_w, n_out, np.random.default_rng(seed))
     return np.take_along_axis(theta, idx[:, :, None], axis=1), ess
+
+
+def sample_population(post, x, n_samples: int, seed, chunk_draws: int = 2_000_000):
+    """Posterior draws under a model's population prior: (n_gal, n_samples, d) draws and the ESS per galaxy.
+
+    ``OVERSAMPLE`` x ``n_samples`` flow draws per galaxy (``post.sample(x, ...)``) importance-resampled
+    to ``n_samples`` (`resample_draws`); the galaxies whose ESS comes out below ``LOW_ESS`` are drawn
+    again with ``RETRY_OVERSAMPLE`` x, in blocks of about ``chunk_draws`` draws. ``seed``: an int or a
+    list of ints (`numpy.random.SeedSequence` entropy).
+    """
+    pop, seed = post.population_prior, [int(s) for s in np.atleast_1d(seed)]
+    if pop is None:
+        raise ValueError("this model has no population prior")
+    theta, ess = resample_draws(post.sample(x, OVERSAMPLE * n_samples, seed=seed), pop, post.prior, n_samples,
+                                seed=seed + [1])
+    low = np.flatnonzero(ess < LOW_ESS)
+    step = max(1, chunk_draws // (RETRY_OVERSAMPLE * n_samples))
+    for j, s in enumerate(range(0, low.size, step)):
+        p = low[s:s + step]
+        theta[p], ess[p] = resample_draws(post.sample(x[p], RETRY_OVERSAMPLE * n_samples, seed=seed + [2, j]),
+                                          pop, post.prior, n_samples, seed=seed + [3, j])
+    return theta, ess
 
 
 def fit_to_catalog(model, catalog, spec, specz_model="sdss", row_every: int = 2, row_offset: int = 0,

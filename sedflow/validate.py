@@ -82,14 +82,12 @@ def held_out_simulations(post, sed, n: int, seed: int, population=None) -> dict:
 
 
 def _population_calibration(post, sed, n: int, n_samples: int, seed: int, out) -> dict:
-    """SBC / p-p of the posteriors re-weighted to the model's population prior (`sedflow.infer`'s
-    `OVERSAMPLE` x ``n_samples`` flow draws, importance-resampled), on simulations drawn from it."""
-    from sedflow.population import OVERSAMPLE, resample_draws
+    """SBC / p-p of the posteriors re-weighted to the model's population prior as `sedflow.infer` does
+    (`sedflow.population.sample_population`), on simulations drawn from it."""
+    from sedflow.population import sample_population
 
-    pop = post.population_prior
-    sims = held_out_simulations(post, sed, n, seed + 1, population=pop)
-    draws = post.sample(sims["x"], OVERSAMPLE * n_samples, seed=seed + 1)
-    samples, ess = resample_draws(draws, pop, post.prior, n_samples, seed=seed + 2)
+    sims = held_out_simulations(post, sed, n, seed + 1, population=post.population_prior)
+    samples, ess = sample_population(post, sims["x"], n_samples, seed + 1)
     plot_pp(samples, sims["theta"], list(post.names), out / "pp_population_prior.png")
     return {"n": int(n), **_calibration(samples, sims["theta"], post.names),
             "population_ess": {"median": float(np.median(ess)), "p5": float(np.percentile(ess, 5))}}

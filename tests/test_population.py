@@ -157,3 +157,22 @@ def test_mcmc_fallback_draws_are_reweighted_too():
     assert t["method"].tolist() == ["anpe", "mcmc", "anpe"] and t.loc[1, "flag_color_ood"]
     assert t["population_ess"].gt(0).all() and t["z_std"].gt(0).all()
     assert t.loc[1, "mcmc_converged"] in (True, False) and np.isfinite(t.loc[1, "logmstar_surv_p50"])
+
+
+def test_a_population_prior_unlike_the_galaxies_flags_every_row(tmp_path):
+    """A population prior far from every galaxy's posterior: each galaxy is drawn again with
+    RETRY_OVERSAMPLE x the draws, still comes out below LOW_ESS, and is flagged, not dropped."""
+    from sedflow.catalog import CatalogSpec, read_catalog
+    from sedflow.infer import infer_frame
+    from sedflow.sps.model import PROPERTY_NAMES
+
+    for f in ("config.json", "weights.safetensors"):
+        shutil.copy(model_path("photoz") / f, tmp_path / f)
+    corner = PopulationPrior([1.0], [np.full(12, 4.0)], [0.01 * np.eye(12)])     # every parameter at its edge
+    (tmp_path / POPULATION_FILE).write_text(json.dumps(corner.to_dict()))
+    post = load_model(tmp_path)
+    frame = read_catalog(kcorrect_sample_path(), CatalogSpec.load("sdss_kcorrect"), max_rows=6)[0]
+    t = infer_frame(frame, post, post.sed_model(), n_samples=100, seed=0, property_samples=20,
+                    chunk_draws=900).to_pandas()        # small blocks: the retry runs in several
+    assert len(t) == 6 and (t["method"] == "anpe").all() and t["flag_low_ess"].all()
+    assert (t["population_ess"] < LOW_ESS).all() and t[[f"{p}_p50" for p in PROPERTY_NAMES]].notna().all().all()
