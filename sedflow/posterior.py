@@ -19,7 +19,7 @@ Architectures (`ARCHITECTURES`):
 * ``realnvp`` (default): zuko's affine coupling transform (RealNVP), 5 transforms, 2 hidden
   layers of 160 units, with each transform's context term computed once per galaxy
   (`sedflow.flows`): one network pass per transform when sampling, not two as ``coupling``.
-* ``realnvp10``: the same with 10 transforms (tried for the photo-z model, MODEL_CARD.md).
+* ``realnvp10``: the same with 10 transforms (the shipped photo-z model's, MODEL_CARD.md).
 
 The artifact is a directory with ``weights.safetensors`` and ``config.json`` (architecture,
 x/theta definitions, standardisation, prior, noise model, training-data fingerprint,
@@ -61,8 +61,8 @@ ARCHITECTURES = {
     # next shipped model (`python -m bench --only architectures` compares it with `coupling`)
     "spline": {"model": "zuko_nsf", "hidden_features": [64, 64], "num_transforms": 5, "passes": 2},
     "realnvp": {"model": "sedflow_realnvp", "hidden_features": [160, 160], "num_transforms": 5},
-    # twice as deep, for posteriors that curve along the mass-redshift degeneracy (photo-z; measured
-    # in MODEL_CARD.md: better calibrated on simulations, not better on real SDSS galaxies)
+    # twice as deep, for posteriors that curve along the mass-redshift degeneracy: the shipped photo-z
+    # model's (MODEL_CARD.md: calibrated on simulations where 5 transforms were not; half the speed)
     "realnvp10": {"model": "sedflow_realnvp", "hidden_features": [160, 160], "num_transforms": 10},
 }
 BUILDERS = {"sedflow_realnvp": "sedflow.flows.realnvp"}      # other models: sbi.neural_nets.posterior_nn
