@@ -50,6 +50,7 @@ __all__ = [
     "plot_pp",
     "plot_rank_histograms",
     "plot_tarp",
+    "nmad",
     "photoz_metrics",
     "plot_photoz",
 ]
@@ -358,7 +359,13 @@ def calibration_report(
     }
 
 
-# --------------------------------------------------------------------------- plots
+# --------------------------------------------------------------------------- photo-z
+def nmad(values: Any) -> float:
+    """Normalised median absolute deviation, 1.4826 median|v - median v| (the std for Gaussian v)."""
+    v = _numpy(values).reshape(-1)
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+
 def photoz_metrics(z_samples: Any, z_spec: Any, outlier: float = PHOTOZ_OUTLIER) -> dict[str, Any]:
     """Photometric redshifts (posterior draws ``z_samples`` (n, k)) against spectroscopic ones (n,).
 
@@ -384,7 +391,7 @@ def photoz_metrics(z_samples: Any, z_spec: Any, outlier: float = PHOTOZ_OUTLIER)
     dz = (z_phot - zt) / (1 + zt)
     pit = np.mean(zs < zt[:, None], axis=1)
     hist, _ = np.histogram(pit, bins=20, range=(0, 1))
-    return {"n": int(zt.size), "sigma_nmad": float(1.4826 * np.median(np.abs(dz - np.median(dz)))),
+    return {"n": int(zt.size), "sigma_nmad": nmad(dz),
             "bias": float(np.median(dz)), "mean_dz": float(np.mean(dz)), "std_dz": float(np.std(dz)),
             "outlier_fraction": float(np.mean(np.abs(dz) > outlier)), "outlier_threshold": outlier,
             "pit_ks_pvalue": float(stats.kstest(pit, "uniform").pvalue), "pit_histogram": hist.tolist(),
@@ -409,6 +416,7 @@ def plot_photoz(z_phot: Any, z_spec: Any, pit: Any, path: str | Path, title: str
     return _save(fig, path)
 
 
+# --------------------------------------------------------------------------- plots
 def _figure(**kw):
     # A bare Figure draws with Agg on savefig and never touches pyplot's global backend.
     from matplotlib.figure import Figure

@@ -141,6 +141,13 @@ class PopulationPrior:
                     "iterations": int(iterations), "per_galaxy": int(pick)}
         return cls(gmm.weights_, gmm.means_, gmm.covariances_, {**settings, **(fitted_on or {})})
 
+    def fitted_rows(self, n_rows: int, spec_name: str) -> np.ndarray:
+        """Boolean (n_rows,): the rows of a catalog read through description ``spec_name`` that this
+        prior was fitted on (`fit_to_catalog`); none when it was fitted on another catalog."""
+        if self.fitted_on.get("spec") != spec_name:
+            return np.zeros(n_rows, bool)
+        return _every(n_rows, self.fitted_on["row_every"], self.fitted_on["row_offset"])
+
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict:
         return {"kind": "gaussian_mixture", "space": "unconstrained", "weights": self.weights.tolist(),
@@ -151,6 +158,11 @@ class PopulationPrior:
         if d.get("kind") != "gaussian_mixture" or d.get("space") != "unconstrained":
             raise ValueError(f"not a sedflow population prior (kind {d.get('kind')!r}, space {d.get('space')!r})")
         return cls(d["weights"], d["means"], d["covariances"], d.get("fitted_on"))
+
+
+def _every(n_rows: int, every: int, offset: int) -> np.ndarray:
+    """The rows with index % every == offset."""
+    return np.arange(n_rows) % every == offset
 
 
 def _resample_index(log_w, n_out: int, rng):
@@ -198,14 +210,23 @@ def sample_population(post, x, n_samples: int, seed, chunk_draws: int = 2_000_00
     pop, seed = post.population_prior, [int(s) for s in np.atleast_1d(seed)]
     if pop is None:
         raise ValueError("this model has no population prior")
-    theta, ess = resample_draws(post.sample(x, OVERSAMPLE * n_samples, seed=seed), pop, post.prior, n_samples,
-                                seed=seed + [1])
+
+    def draw(rows, oversample, seed_draws, seed_resample):
+        # the flow's draws are already in the prior's unconstrained coordinates: weigh them there
+        u = post.sample_unconstrained(x[rows], oversample * n_samples, seed=seed_draws)
+        n_gal, n_draws, d = u.shape
+        flat = u.reshape(-1, d)
+        log_w = (pop.log_prob_unconstrained(flat) - post.prior.log_prob_unconstrained(flat)).reshape(n_gal, n_draws)
+        idx, ess = _resample_index(log_w, n_samples, np.random.default_rng(seed_resample))
+        kept = np.take_along_axis(u, idx[:, :, None], axis=1).reshape(-1, d)
+        return post.prior.from_unconstrained(kept).reshape(n_gal, n_samples, -1), ess
+
+    theta, ess = draw(np.arange(len(x)), OVERSAMPLE, seed, seed + [1])
     low = np.flatnonzero(ess < LOW_ESS)
     step = max(1, chunk_draws // (RETRY_OVERSAMPLE * n_samples))
     for j, s in enumerate(range(0, low.size, step)):
         p = low[s:s + step]
-        theta[p], ess[p] = resample_draws(post.sample(x[p], RETRY_OVERSAMPLE * n_samples, seed=seed + [2, j]),
-                                          pop, post.prior, n_samples, seed=seed + [3, j])
+        theta[p], ess[p] = draw(p, RETRY_OVERSAMPLE, seed + [2, j], seed + [3, j])
     return theta, ess
 
 
@@ -244,7 +265,7 @@ def fit_to_catalog(model, catalog, spec, specz_model="sdss", row_every: int = 2,
     for m in (post, specz):
         check_filters(m, spec.bands, spec.filters, f"the description {spec.name!r}")
     frame, _ = read_catalog(catalog, spec, max_rows=max_rows)
-    frame = frame[np.arange(len(frame)) % row_every == row_offset].reset_index(drop=True)
+    frame = frame[_every(len(frame), row_every, row_offset)].reset_index(drop=True)
     summary, specz_draws = infer_frame(frame, specz, specz.sed_model(), n_samples=draws, keep_samples=draws,
                                        seed=seed, property_samples=1, return_draws=True, population_prior=False)
     ok = summary.column("method").to_numpy(zero_copy_only=False) == "anpe"

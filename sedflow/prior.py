@@ -264,8 +264,7 @@ class Prior(_RowChecks):
 
     def log_prob_unconstrained(self, u) -> np.ndarray:
         """Log density of u under the prior pushed to R^11 (standard logistic per axis)."""
-        u = np.asarray(u, dtype=float)
-        return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
+        return _standard_logistic_log_prob(u)
 
 
 class PriorWithRedshift(_RowChecks):
@@ -354,8 +353,14 @@ class PriorWithRedshift(_RowChecks):
         return self.sed_prior.log_abs_det_jacobian(theta[:, :-1]) + lj_z
 
     def log_prob_unconstrained(self, u) -> np.ndarray:
-        u = np.asarray(u, dtype=float)
-        return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
+        """Log density of u under the joint prior pushed to R^12 (standard logistic per axis)."""
+        return _standard_logistic_log_prob(u)
+
+
+def _standard_logistic_log_prob(u) -> np.ndarray:
+    """Sum over columns of the standard logistic log density: both priors' u are distributed so."""
+    u = np.asarray(u, dtype=float)
+    return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
 
 
 def redshift_to_unconstrained(z, z_range) -> np.ndarray:

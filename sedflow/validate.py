@@ -310,7 +310,7 @@ def photoz_real_data(post, specz, catalog, spec, n_samples: int = 1000, seed: in
     to this catalog, and the same rows with its training prior go under ``training_prior``.
     ``out``: also ``photoz_{name}.png``; ``max_rows``: the catalog's first rows only."""
     from sedflow.catalog import CatalogSpec, read_catalog
-    from sedflow.diagnostics import photoz_metrics, plot_photoz
+    from sedflow.diagnostics import nmad, photoz_metrics, plot_photoz
     from sedflow.infer import check_filters, infer_frame
 
     spec = CatalogSpec.load(spec)
@@ -318,10 +318,7 @@ def photoz_real_data(post, specz, catalog, spec, n_samples: int = 1000, seed: in
         check_filters(model, spec.bands, spec.filters, f"the description {spec.name!r}")
     frame, _ = read_catalog(catalog, spec, max_rows=max_rows)
     pop = post.population_prior
-    held_out = np.ones(len(frame), bool)
-    if pop is not None and pop.fitted_on.get("spec") == spec.name:
-        every, offset = pop.fitted_on["row_every"], pop.fitted_on["row_offset"]
-        held_out = np.arange(len(frame)) % every != offset
+    held_out = ~pop.fitted_rows(len(frame), spec.name) if pop is not None else np.ones(len(frame), bool)
     frame = frame[held_out].reset_index(drop=True)
     sz = infer_frame(frame, specz, specz.sed_model(), n_samples=n_samples, seed=seed).to_pandas()
     z_spec = frame["z"].to_numpy(dtype=float)
@@ -342,8 +339,7 @@ def photoz_real_data(post, specz, catalog, spec, n_samples: int = 1000, seed: in
                "all": photoz_metrics(z_draws[valid], z_spec[valid]),
                "no_ood_flag": photoz_metrics(z_draws[valid & ~ood], z_spec[valid & ~ood]) if (valid & ~ood).any() else None,
                "logmstar_surv_photoz_minus_specz": {
-                   "n": int(both.sum()), "median": float(np.median(dm)),
-                   "nmad": float(1.4826 * np.median(np.abs(dm - np.median(dm)))), "std": float(np.std(dm))}}
+                   "n": int(both.sum()), "median": float(np.median(dm)), "nmad": nmad(dm), "std": float(np.std(dm))}}
         if population_prior and pop is not None:
             ess = pz["population_ess"].to_numpy()[valid]
             res["population_ess"] = {"median": float(np.median(ess)), "p5": float(np.percentile(ess, 5)),
@@ -471,6 +467,13 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     return metrics
 
 
+def _calibration_table(parameters: dict) -> list[str]:
+    """Markdown rows of a calibration report's per-parameter numbers."""
+    return (["| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", "|---|---|---|---|---|"]
+            + [f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
+               f"{p['coverage_95']:.3f} |" for name, p in parameters.items()])
+
+
 def _report_md(m: dict) -> str:
     cal = m["calibration"]
     lines = ["# sedflow validation report", "",
@@ -480,11 +483,7 @@ def _report_md(m: dict) -> str:
              f"SBC (every KS p > {m['thresholds']['sbc_ks_pvalue_min']}): **{'pass' if cal['passes']['sbc'] else 'FAIL'}**; "
              f"p-p (max deviation < {m['thresholds']['max_pp_deviation_max']}): **{'pass' if cal['passes']['pp'] else 'FAIL'}**; "
              f"TARP ATC {cal['tarp_atc']:+.3f} (KS p {cal['tarp_ks_pvalue']:.2f}).", "",
-             "| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", "|---|---|---|---|---|"]
-    for name, p in cal["parameters"].items():
-        lines.append(f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
-                     f"{p['coverage_95']:.3f} |")
-    lines += [""]
+             *_calibration_table(cal["parameters"]), ""]
     for name, sub in cal.get("subsets", {}).items():
         worst = min(p["sbc_ks_pvalue"] for p in sub["parameters"].values())
         dev = max(p["max_pp_deviation"] for p in sub["parameters"].values())
@@ -500,10 +499,7 @@ def _report_md(m: dict) -> str:
                   f"sample size median {pc['population_ess']['median']:.0f}, 5th percentile "
                   f"{pc['population_ess']['p5']:.0f}). SBC **{'pass' if pc['passes']['sbc'] else 'FAIL'}**, "
                   f"p-p **{'pass' if pc['passes']['pp'] else 'FAIL'}**.", "",
-                  "| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
-                  f"{p['coverage_95']:.3f} |" for name, p in pc["parameters"].items()]
-        lines += ["", "![p-p population prior](pp_population_prior.png)", ""]
+                  *_calibration_table(pc["parameters"]), "", "![p-p population prior](pp_population_prior.png)", ""]
     if "mcmc" in m:
         mc = m["mcmc"]
         noise = ("the standard error of its medians from its effective sample size" if mc["reference"] == "nautilus"
