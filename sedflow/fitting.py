@@ -127,7 +127,7 @@ def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tup
 
 def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_samples: int = 10_000,
         keep_samples: int | None = None, seed: int = 0, model=None, property_samples: int = 1000,
-        fallback: str | None = None, population_prior: bool = True) -> FitResult:
+        fallback: str | None = None, population_prior: bool = True, precision: str = "auto") -> FitResult:
     """Posteriors of galaxies from raw catalog values, through a catalog description.
 
     Args:
@@ -155,6 +155,8 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
         fallback: ``"mcmc"`` runs zeus MCMC for valid but out-of-distribution rows (slow).
         population_prior: re-weight the posteriors to the model's population prior when it has one
             (the shipped ``photoz`` does: `sedflow.population`); False keeps its training prior.
+        precision: the flow's sampling arithmetic, ``"auto"`` (bfloat16 on CPUs with AMX, else
+            float32), ``"float32"`` or ``"bfloat16"`` (`sedflow.PosteriorModel.precision`).
 
     Returns:
         `FitResult` (``summary``, ``samples``, ``inputs``, ``counts``).
@@ -187,6 +189,7 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
     refuse_duplicate_ids(frame["id"].to_numpy())
 
     post, sed = load_models(model)
+    post.precision = precision
     check_filters(post, spec.bands, spec.filters, f"the description {spec.name!r}")
     require_redshifts(post, bool(spec.redshift) and (isinstance(flux, pd.DataFrame) or z is not None),
                       "the input")

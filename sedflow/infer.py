@@ -77,7 +77,7 @@ def summary_names(photoz: bool = False) -> tuple:
 
 
 def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc: bool = False,
-                  photoz: bool = False, population: bool = False) -> pa.Schema:
+                  photoz: bool = False, population: bool = False, precision: str = "float32") -> pa.Schema:
     fields = [pa.field("id", id_type)]
     fields += [pa.field(f"{n}_{s}", pa.float64()) for n in summary_names(photoz) for s in STATS]
     if photoz:
@@ -94,7 +94,8 @@ def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc
         fields += [pa.field("samples", pa.struct([pa.field(n, pa.list_(pa.float32())) for n in sampled_names(photoz)]))]
     return pa.schema(fields, metadata={"sedflow": "posterior catalog", "keep_samples": str(keep_samples),
                                        "redshift": "inferred" if photoz else "given",
-                                       "prior": "population" if population else "training"})
+                                       "prior": "population" if population else "training",
+                                       "sampling_precision": precision})
 
 
 def require_redshifts(post: PosteriorModel, has_redshift: bool, what="the catalog") -> None:
@@ -256,7 +257,7 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
     ids = frame["id"]
     id_type = pa.string() if ids.dtype == object or pd.api.types.is_string_dtype(ids) else pa.int64()
     schema = output_schema(id_type, 0 if return_draws else keep_samples, mcmc=fallback == "mcmc", photoz=photoz,
-                           population=pop is not None)
+                           population=pop is not None, precision=post.precision)
     if fallback == "mcmc":
         cols["mcmc_converged"] = converged
     arrays = [pa.array(cols[f.name], type=f.type, from_pandas=True) for f in schema if f.name != "samples"]
@@ -340,6 +341,7 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
     if not _complete(path, len(frame)):
         t0 = time.perf_counter()
         post, sed = _worker_models(cfg["model"])
+        post.precision = cfg.get("precision", "float32")
         frame = frame.reset_index(drop=True)
         table = infer_frame(frame, post, sed, n_samples=cfg["n_samples"],
                             keep_samples=cfg["keep_samples"], seed=seed,
@@ -384,9 +386,11 @@ def _population_digest(post: PosteriorModel) -> str | None:
 def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000, keep_samples: int = 0,
                   address: str | None = None, seed: int = 0, property_samples: int = 1000,
                   fallback: str | None = None, mcmc_options: dict | None = None, workers: int = 2,
-                  progress: bool = True, population_prior: bool = True) -> dict:
+                  progress: bool = True, population_prior: bool = True, precision: str = "auto") -> dict:
     """Infer every galaxy of an ingested catalog; returns a summary dict (also ``_summary.json``).
-    ``population_prior``: re-weight to the model's population prior when it has one (`infer_frame`)."""
+    ``population_prior``: re-weight to the model's population prior when it has one (`infer_frame`).
+    ``precision``: the flow's sampling arithmetic (`PosteriorModel.precision`), resolved here, on the
+    machine that starts the run, and used by every worker."""
     import dask
     from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
@@ -397,7 +401,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
         raise ValueError(f"--fallback must be 'mcmc' or absent, got {fallback!r}")
     if n_samples < 1 or keep_samples < 0 or keep_samples > n_samples:
         raise ValueError("need n_samples >= 1 and 0 <= keep_samples <= n_samples")
-    post = load_model(model_path)       # validate the artifact and the catalog before starting any cluster
+    post = load_model(model_path, precision)       # validate the artifact and the catalog before starting any cluster
     catalog_input = _ingested_input(catalog_dir)
     if catalog_input and catalog_input.get("bands"):
         check_filters(post, catalog_input["bands"], catalog_input.get("filters"), f"the catalog {catalog_dir}")
@@ -412,7 +416,8 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
            "n_samples": n_samples, "keep_samples": keep_samples, "seed": seed,
            "property_samples": property_samples, "fallback": fallback, "mcmc_options": mcmc_options or {},
            "population_prior": bool(population_prior and post.population_prior is not None),
-           "population_prior_sha256": _population_digest(post) if population_prior else None, "out": str(out)}
+           "population_prior_sha256": _population_digest(post) if population_prior else None,
+           "precision": post.precision, "out": str(out)}
     claim_output(out / MANIFEST, cfg, "inference", ignore=("out",))
     for pattern in (".part-*.tmp*", "dataset/Norder=*/Dir=*/.Npix=*.tmp*"):
         for stale in out.glob(pattern):
@@ -472,6 +477,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
                **{f: int(table[f].sum()) for f in counted},
                **{f"method_{m}": int(table[f"method_{m}"].sum()) for m in ("anpe", "mcmc", "none")},
                "flagged_fraction": {f: float(table[f].sum() / rows) if rows else 0.0 for f in counted},
-               "prior": "population" if cfg["population_prior"] else "training", "out": str(out)}
+               "prior": "population" if cfg["population_prior"] else "training", "precision": cfg["precision"],
+               "out": str(out)}
     (out / "_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

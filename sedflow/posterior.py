@@ -262,9 +262,10 @@ def _versions() -> dict:
 class PosteriorModel:
     """A trained amortized posterior (use `load_model` to get one)."""
 
-    def __init__(self, net, config: dict, population_prior=None):
+    def __init__(self, net, config: dict, population_prior=None, precision: str = "auto"):
         self.net = net.eval()
         self.config = config
+        self.precision = precision
         # `sedflow.population.PopulationPrior` over the prior's unconstrained coordinates, or None
         self.population_prior = population_prior
         std = config["standardization"]
@@ -277,6 +278,19 @@ class PosteriorModel:
         self.filters = tuple(config["filters"])
         self.inputs = InputLayout.from_dict(config.get("x_layout"), self.bands)
         self.x_names = self.inputs.names
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic of the flow's hidden layers when sampling: ``"float32"`` or ``"bfloat16"``
+        (`sedflow.flows.sampling_precision`). Set it to one of those or ``"auto"`` (bfloat16 where
+        the CPU makes it fast); `log_prob` is always float32."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str):
+        from sedflow.flows import resolve_precision
+
+        self._precision = resolve_precision(value, self.net)
 
     def sed_model(self, **kwargs):
         """The SED model this posterior was trained with (derived properties, MCMC, held-out sims)."""
@@ -302,15 +316,18 @@ class PosteriorModel:
 
     # ------------------------------------------------------------------ sampling
     def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
-        """Draws of u (n_gal, n, 11, or 12 with z) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws."""
+        """Draws of u (n_gal, n, 11, or 12 with z) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws,
+        in `precision` arithmetic."""
         import torch
+
+        from sedflow.flows import sampling_precision
 
         xt = self._x_tensor(x)
         n_gal = xt.shape[0]
         out = np.empty((n_gal, n, self.prior.ndim_unconstrained), dtype=np.float64)
         per_call = max(1, chunk_rows // max(n, 1))     # galaxies per call
         draws = min(n, chunk_rows)                     # draws per galaxy per call
-        with torch.random.fork_rng(), torch.inference_mode():
+        with torch.random.fork_rng(), torch.inference_mode(), sampling_precision(self.net, self.precision):
             torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
             for g in range(0, n_gal, per_call):
                 cond = xt[g:g + per_call]
@@ -377,8 +394,9 @@ def save_model(path, net, config: dict) -> Path:
     return path
 
 
-def load_model(model=None) -> PosteriorModel:
+def load_model(model=None, precision: str = "auto") -> PosteriorModel:
     """Load a model: a directory, a shipped model's name, or None for the default shipped model.
+    ``precision``: its sampling arithmetic (`PosteriorModel.precision`).
 
     Never unpickles anything: safetensors weights and a JSON config, checked against the
     config's sha256; a corrupted, tampered or future-format artifact raises `ArtifactError`.
@@ -430,7 +448,7 @@ def load_model(model=None) -> PosteriorModel:
         net.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
     except RuntimeError as e:
         raise ArtifactError(f"{path}: weights do not fit architecture {config['architecture']}: {e}") from e
-    return PosteriorModel(net, config, _load_population_prior(path, prior))
+    return PosteriorModel(net, config, _load_population_prior(path, prior), precision)
 
 
 def _load_population_prior(path: Path, prior):

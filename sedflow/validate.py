@@ -382,7 +382,7 @@ def _chi2_p95(dof: int) -> float:
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
              catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, reference: str = "nautilus",
              mcmc_options: dict | None = None, address: str | None = None, mcmc_dir=None, baseline=None,
-             specz_model="sdss", photoz_samples: int = 1000) -> dict:
+             specz_model="sdss", photoz_samples: int = 1000, precision: str = "auto") -> dict:
     """Write the validation report to ``out_dir``; returns the metrics dict. ``reference``: the
     sampler ANPE is compared with (`REFERENCES`), ``mcmc_options`` its keyword arguments
     (`sedflow.nested.run_nested` or `sedflow.mcmc.run_mcmc`). The reference runs go to
@@ -394,7 +394,8 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     model name or directory) adds `width_comparison` against it. For a photo-z model the
     calibration includes z, the reference samples z too, and `photoz_real_data` runs on the SDSS
     catalogs with spectroscopic redshifts (`_photoz_catalogs`, when the model has their filters) with
-    ``photoz_samples`` draws per galaxy, the masses compared with ``specz_model``'s."""
+    ``photoz_samples`` draws per galaxy, the masses compared with ``specz_model``'s. ``precision``: the
+    flows' sampling arithmetic (`PosteriorModel.precision`), recorded in the report."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -402,10 +403,10 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    post = load_model(model_path)
+    post = load_model(model_path, precision)
     sed = post.sed_model()                   # the physics the model was trained on
     metrics = {"model": str(model_path or "shipped"), "architecture": post.config["architecture"],
-               "n_test": n_test, "n_samples": n_samples, "seed": seed, "thresholds": THRESHOLDS}
+               "precision": post.precision, "n_test": n_test, "n_samples": n_samples, "seed": seed, "thresholds": THRESHOLDS}
 
     sims = held_out_simulations(post, sed, n_test, seed)
     t0 = time.perf_counter()
@@ -452,7 +453,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     if post.infers_redshift:
         from sedflow.catalog import CatalogSpec
 
-        specz = load_model(specz_model)
+        specz = load_model(specz_model, precision)
         metrics["photoz_real_data"] = [photoz_real_data(post, specz, cat, spec, photoz_samples, seed, out,
                                                         specz_name=str(specz_model))
                                        for cat, spec in _photoz_catalogs()
@@ -460,7 +461,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
 
     if baseline is not None:
         metrics["width_comparison"] = {"baseline": str(baseline),
-                                       **width_comparison(post, load_model(baseline), seed=seed)}
+                                       **width_comparison(post, load_model(baseline, precision), seed=seed)}
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "report.md").write_text(_report_md(metrics))
@@ -478,7 +479,8 @@ def _report_md(m: dict) -> str:
     cal = m["calibration"]
     lines = ["# sedflow validation report", "",
              f"Model: `{m['model']}` ({m['architecture']['name']}, {m['architecture'].get('parameters', '?')} "
-             f"parameters). {m['n_test']} held-out simulations x {m['n_samples']} draws, seed {m['seed']}.", "",
+             f"parameters, sampled in {m.get('precision', 'float32')}). {m['n_test']} held-out simulations x "
+             f"{m['n_samples']} draws, seed {m['seed']}.", "",
              "## Calibration", "",
              f"SBC (every KS p > {m['thresholds']['sbc_ks_pvalue_min']}): **{'pass' if cal['passes']['sbc'] else 'FAIL'}**; "
              f"p-p (max deviation < {m['thresholds']['max_pp_deviation_max']}): **{'pass' if cal['passes']['pp'] else 'FAIL'}**; "

@@ -73,6 +73,9 @@ def test_every_row_once_with_flags(reference_run, bad_catalog):
     first = good["samples"].iloc[0]
     assert set(first) == set(load_model().names) and len(first["logmstar"]) == 20
     assert summary["flag_bad_input"] == 3 and summary["method_none"] == 3
+    # the sampling arithmetic ("auto": bfloat16 on CPUs with AMX) is recorded with the outputs
+    assert summary["precision"] in ("float32", "bfloat16")
+    assert ds.dataset(str(out), format="parquet").schema.metadata[b"sampling_precision"] == summary["precision"].encode()
 
 
 def test_rerun_after_interruption_is_identical(reference_run, bad_catalog, tmp_path):
@@ -93,6 +96,10 @@ def test_rerun_after_interruption_is_identical(reference_run, bad_catalog, tmp_p
     pd.testing.assert_frame_equal(a[summary_cols], b[summary_cols])
     with pytest.raises(ValueError, match="other settings"):
         run_inference(bad_catalog, out, n_samples=301, seed=5, progress=False)
+    other = "float32" if s["precision"] == "bfloat16" else "bfloat16"     # not mixed with other arithmetic
+    with pytest.raises(ValueError, match="other settings"):
+        run_inference(bad_catalog, out, n_samples=300, keep_samples=20, property_samples=100, seed=5,
+                      precision=other, progress=False)
 
 
 def test_infer_frame_in_process_and_flags(post):
