@@ -137,14 +137,15 @@ def simulated_x(n: int, seed: int = 0, post=None) -> np.ndarray:
     return post.inputs.observables(flux, err, cols["z"])
 
 
-def untrained_posterior(arch: str):
+def untrained_posterior(arch: str, precision: str = "float32"):
     """A `PosteriorModel` with an untrained ``arch`` network and the shipped model's configuration
-    (input layout, standardisation, prior): sampling cost does not depend on the weights."""
+    (input layout, standardisation, prior): sampling cost does not depend on the weights.
+    ``precision``: its sampling arithmetic (float32 unless asked: peers compare like with like)."""
     from sedflow.posterior import ARCHITECTURES, PosteriorModel, build_estimator, load_model
 
     config = dict(load_model().config)
     config["architecture"] = {"name": arch, "kwargs": ARCHITECTURES[arch]}
-    return PosteriorModel(build_estimator(arch, n_x=len(config["x_names"])), config)
+    return PosteriorModel(build_estimator(arch, n_x=len(config["x_names"])), config, precision=precision)
 
 
 def untrained_artifact(arch: str, path) -> str:

@@ -9,6 +9,8 @@ Measured: galaxies/s over the wall time of `run_inference` (cluster start, model
 sampling, summaries, properties, Parquet writes), and the largest peak RSS of a Dask
 worker process (polled with psutil).
 
+The shipped model samples in ``--precision auto`` (bfloat16 on CPUs with AMX); there it is
+also run in float32, same pipeline, as the baseline of the speed-up.
 Peer: the same pipeline, same catalog and settings, with an untrained ``coupling`` network
 (the architecture shipped before the 2026-12 model) in the shipped model's configuration
 (`bench._common.untrained_artifact`; the cost does not depend on the weights).
@@ -52,6 +54,7 @@ def make_catalog(n: int, path: Path):
 
 
 def run(quick: bool = False, n: int | None = None, samples=None) -> dict:
+    from sedflow.flows import resolve_precision
     from sedflow.infer import run_inference
     from sedflow.ingest import ingest_catalog
 
@@ -69,17 +72,24 @@ def run(quick: bool = False, n: int | None = None, samples=None) -> dict:
         peer_model = untrained_artifact("coupling", work / "coupling_model")
         for k in samples or SAMPLES:
             runs = {}
-            for label, model_path in (("shipped", None), ("coupling", peer_model)):
+            for label, model_path, precision in (("shipped", None, "auto"), ("shipped float32", None, "float32"),
+                                                 ("coupling", peer_model, "float32")):
+                if label == "shipped float32" and resolve_precision("auto") == "float32":
+                    continue                 # the same run as "shipped" on this CPU
                 with ChildPeakRSS(("spawn_main",)) as workers:
                     t0 = time.perf_counter()
                     s = run_inference(work / "ingested", work / f"out{k}-{label}", model_path=model_path, n_samples=k,
-                                      workers=CPUS, progress=False)
+                                      workers=CPUS, progress=False, precision=precision)
                     wall = time.perf_counter() - t0
                 runs[label] = {"wall_s": wall, "galaxies_per_s": n / wall, "summary": s,
                                "worker_peak_rss_mb": workers.max_mb, "worker_processes": workers.processes}
             res["runs"][str(k)] = runs
-            rows.append(row(f"infer {n:,} gal, {k} samples, {CPUS} Dask workers", runs["shipped"]["galaxies_per_s"],
-                            "gal/s", "coupling, same pipeline", runs["coupling"]["galaxies_per_s"]))
+            label = f"infer {n:,} gal, {k} samples, {CPUS} Dask workers ({runs['shipped']['summary']['precision']})"
+            rows.append(row(label, runs["shipped"]["galaxies_per_s"], "gal/s", "coupling, same pipeline",
+                            runs["coupling"]["galaxies_per_s"]))
+            if "shipped float32" in runs:
+                rows.append(row(label, runs["shipped"]["galaxies_per_s"], "gal/s", "shipped in float32, same pipeline",
+                                runs["shipped float32"]["galaxies_per_s"]))
             if runs["shipped"]["worker_peak_rss_mb"] is not None:
                 rows.append(row(f"infer {k} samples: max Dask worker peak RSS", runs["shipped"]["worker_peak_rss_mb"],
                                 "MB"))

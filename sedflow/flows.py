@@ -73,7 +73,7 @@ class ContextCachedCoupling(GeneralCouplingTransform):
             for layer in layers:
                 phi = layer(phi)
         else:   # the first activation in float32, then every layer in compute_dtype
-            phi = layers[0](phi).to(self.compute_dtype)
+            phi = (phi.relu_() if isinstance(layers[0], torch.nn.ReLU) else layers[0](phi)).to(self.compute_dtype)
             i = 1
             while i < len(layers):
                 layer = layers[i]

@@ -335,7 +335,9 @@ class PosteriorModel:
                     k = min(draws, n - s)
                     z = self.net.sample((k,), condition=cond)            # (k, n_cond, 11)
                     out[g:g + per_call, s:s + k] = z.permute(1, 0, 2).double().numpy()
-        return out * self.u_std + self.u_mean
+        out *= self.u_std
+        out += self.u_mean
+        return out
 
     def sample(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
         """Posterior draws theta (n_gal, n, 12) in the physical parameterisation (`names` order: PARAM_NAMES,
