@@ -72,22 +72,20 @@ class ContextCachedCoupling(GeneralCouplingTransform):
         if self.compute_dtype == torch.float32:
             for layer in layers:
                 phi = layer(phi)
-        else:   # the first activation in float32, then every layer in compute_dtype
+        else:   # the first activation in float32, the layers after it in compute_dtype
             phi = (phi.relu_() if isinstance(layers[0], torch.nn.ReLU) else layers[0](phi)).to(self.compute_dtype)
-            i = 1
-            while i < len(layers):
-                layer = layers[i]
-                if not hasattr(layer, "weight"):
-                    phi, i = layer(phi), i + 1
-                    continue
-                w, b = layer.weight.to(phi.dtype), None if layer.bias is None else layer.bias.to(phi.dtype)
-                if i + 1 < len(layers) and isinstance(layers[i + 1], torch.nn.ReLU):
-                    phi, i = _linear_relu(phi, w, b), i + 2
-                else:
-                    phi, i = F.linear(phi, w, b), i + 1
-            phi = phi.float()
+            *hidden, last = layers[1:]          # zuko's MLP: (Linear, activation) pairs, then the output Linear
+            for linear, activation in zip(hidden[::2], hidden[1::2]):
+                w, b = _weights(linear, phi.dtype)
+                phi = _linear_relu(phi, w, b) if isinstance(activation, torch.nn.ReLU) else activation(F.linear(phi, w, b))
+            phi = F.linear(phi, *_weights(last, phi.dtype)).float()
         phi = unpack(phi.unflatten(-1, (-1, self.total)), self.shapes)
         return DependentTransform(self.univariate(*phi), 1)
+
+
+def _weights(linear, dtype) -> tuple:
+    """A Linear layer's weight and bias (or None) cast to ``dtype``."""
+    return linear.weight.to(dtype), None if linear.bias is None else linear.bias.to(dtype)
 
 
 _FUSED = {"linear_relu": hasattr(torch.ops.mkldnn, "_linear_pointwise")}

@@ -341,7 +341,7 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
     if not _complete(path, len(frame)):
         t0 = time.perf_counter()
         post, sed = _worker_models(cfg["model"])
-        post.precision = cfg.get("precision", "float32")
+        post.precision = cfg["precision"]
         frame = frame.reset_index(drop=True)
         table = infer_frame(frame, post, sed, n_samples=cfg["n_samples"],
                             keep_samples=cfg["keep_samples"], seed=seed,
