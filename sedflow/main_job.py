@@ -19,9 +19,11 @@ __all__ = ["run_main_job"]
 
 
 def run_main_job(out="sedflow_run", n_samples: int = 1000, keep_samples: int = 200, address=None,
-                 workers: int = 2, seed: int = 0, progress: bool = True, max_rows: int | None = None) -> dict:
+                 workers: int = 2, seed: int = 0, progress: bool = True, max_rows: int | None = None,
+                 precision: str = "auto") -> dict:
     """Ingest, infer, summarise and plot; rerun to resume. ``max_rows``: only the first rows of the
-    sample (a quick trial); a rerun with another ``max_rows`` starts the outputs afresh."""
+    sample (a quick trial); a rerun with another ``max_rows`` starts the outputs afresh.
+    ``precision``: the flow's sampling arithmetic (`sedflow.PosteriorModel.precision`)."""
     import pyarrow.dataset as ds
 
     from sedflow.catalog import kcorrect_sample_path
@@ -39,7 +41,7 @@ def run_main_job(out="sedflow_run", n_samples: int = 1000, keep_samples: int = 2
                            max_rows=max_rows)
         print(f"ingested {s['rows_in']:,} SDSS galaxies -> {catalog}")
     summary = run_inference(catalog, out / "posteriors", n_samples=n_samples, keep_samples=min(keep_samples, n_samples),
-                            address=address, workers=workers, seed=seed, progress=progress)
+                            address=address, workers=workers, seed=seed, progress=progress, precision=precision)
     table = ds.dataset(str(out / "posteriors"), format="parquet").to_table().to_pandas()
     cat = ds.dataset(str(catalog), format="parquet").to_table().to_pandas()
     table = table.merge(cat, on="id", suffixes=("", "_in"))
