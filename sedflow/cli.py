@@ -156,7 +156,8 @@ def _train(args) -> int:
     s = train(args.data_dir, args.out, arch=args.arch, workers=args.workers, batch_size=args.batch_size,
               max_epochs=args.max_epochs, lr=args.lr, patience=args.patience, seed=args.seed, address=args.address,
               lr_patience=args.lr_patience, lr_schedule=args.lr_schedule, inputs=args.inputs,
-              missing_fraction=args.missing_fraction, infer_redshift=args.infer_redshift)
+              missing_fraction=args.missing_fraction, infer_redshift=args.infer_redshift,
+              unconstrained=args.unconstrained)
     print(f"trained {args.arch} ({s['parameters']:,} parameters) for {s['epochs']} epochs "
           f"(best {s['best_epoch']}, validation loss {s['best_val_loss']:.4f}) in {s['seconds']:.0f} s; "
           f"artifact in {s['artifact']}")
@@ -183,7 +184,7 @@ def _run(args) -> int:
     from sedflow.main_job import run_main_job
 
     run_main_job(args.out, n_samples=args.samples, address=args.address, workers=args.workers,
-                 progress=not args.quiet, max_rows=args.max_rows)
+                 progress=not args.quiet, max_rows=args.max_rows, precision=args.precision)
     return 0
 
 
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--infer-redshift", action="store_true",
                    help="a photometric-redshift model: infer z with the galaxy's parameters from photometry alone "
                         "(z's prior uniform on the simulated range)")
+    t.add_argument("--unconstrained", choices=["probit", "logit"], default="probit",
+                   help="map of the prior's bounded coordinates to R for the flow: probit (default; standard normal "
+                        "under the prior, like the flow's base) or logit (the shipped photoz and older models)")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")
     t.set_defaults(func=_train)
 
@@ -479,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="Dask scheduler address (default: a local cluster)")
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--max-rows", type=int, metavar="N", help="only the first N galaxies (a quick trial)")
+    _precision_option(r)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_run)
 

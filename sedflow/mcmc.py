@@ -11,7 +11,7 @@ Target (paper Eq. 1): a Gaussian likelihood in flux,
 
 with f_b from `SEDModel.photometry`, times the `Prior`. The walkers move in the prior's
 11-dimensional unconstrained space u (`Prior.to_unconstrained`: stick-breaking warp of the
-Dirichlet betas, log gamma, logit of every bounded coordinate), where the posterior is smooth,
+Dirichlet betas, log gamma, logit or probit of every bounded coordinate), where the posterior is smooth,
 unbounded and has no hard walls:
 
     log p(u | f_obs) = log L(theta(u)) + Prior.log_prob_unconstrained(u) + const.

@@ -8,7 +8,7 @@ the prior, a p0-posterior becomes a p_pop-posterior by importance weights p_pop 
 (Hahn & Melchior 2022, Sec. 6.2; `sedflow.reweight` applies the same idea to training sets).
 
 p_pop is a Gaussian mixture over the prior's unconstrained coordinates (`Prior.to_unconstrained`;
-for a photo-z model the 12th is logit z), fitted to a spectroscopic sample by hierarchical
+for a photo-z model the 12th is z's), fitted to a spectroscopic sample by hierarchical
 importance sampling (Hogg, Myers & Bovy 2010, ApJ 725, 2166): the galaxies' posterior draws
 under p0 (from the spec-z model, z fixed at the spectroscopic value) are pooled, a mixture is
 fitted (scikit-learn's EM), and each round re-draws every galaxy's points with weights
@@ -250,7 +250,6 @@ def fit_to_catalog(model, catalog, spec, specz_model="sdss", row_every: int = 2,
     from sedflow.catalog import CatalogSpec, read_catalog
     from sedflow.infer import check_filters, infer_frame
     from sedflow.posterior import load_model, model_path
-    from sedflow.prior import redshift_to_unconstrained
     from sedflow.storage import write_json
 
     post, specz = load_model(model), load_model(specz_model)
@@ -278,9 +277,10 @@ def fit_to_catalog(model, catalog, spec, specz_model="sdss", row_every: int = 2,
     n_gal = theta.shape[0]
     if n_gal == 0:
         raise ValueError(f"{catalog}: no row with a valid spec-z posterior to fit a population to")
-    u = specz.prior.to_unconstrained(theta.reshape(-1, theta.shape[-1])).reshape(n_gal, draws, -1)
+    theta = theta.reshape(-1, theta.shape[-1])
     if post.infers_redshift:
-        u = np.concatenate([u, np.repeat(redshift_to_unconstrained(z, post.prior.z_range)[:, None, None], draws, 1)], 2)
+        theta = np.column_stack([theta, np.repeat(z, draws)])
+    u = post.prior.to_unconstrained(theta).reshape(n_gal, draws, -1)     # in the coordinates of the model's own prior
     pop = PopulationPrior.fit(u, post.prior.log_prob_unconstrained, n_components=n_components, iterations=iterations,
                               seed=seed, fitted_on={"catalog": Path(catalog).name, "spec": spec.name,
                                                     "row_every": int(row_every), "row_offset": int(row_offset),

@@ -20,8 +20,13 @@ The flow works in an 11-dimensional unconstrained space (all of R^11) so that ev
 sample maps back inside the prior: the four betas become three stick-breaking
 fractions warped to be i.i.d. uniform under the flat Dirichlet (Betancourt 2012,
 arXiv:1010.3436), gamma becomes log10 gamma, and every bounded coordinate is then
-sent to the real line with a logit.  Under the prior every unconstrained coordinate
-is standard-logistic distributed.
+sent to the real line: by a logit (``unconstrained="logit"``, the default of `Prior` and the
+map of the shipped ``photoz`` and older models; under the prior each coordinate is then
+standard logistic) or by the probit, the inverse normal CDF (``"probit"``, what `sedflow
+train` uses by default; each coordinate is then standard normal under the prior, the flow's
+base distribution, so a parameter the photometry does not constrain, whose posterior is its
+prior, is the identity for the flow: an affine coupling flow hardly turns its Gaussian base
+into the logistic's heavier tails, which is what the logit asked of it).
 
 Example
 -------
@@ -35,7 +40,7 @@ True
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, gammaln, logit
+from scipy.special import expit, gammaln, logit, ndtr, ndtri
 
 __all__ = ["PARAM_NAMES", "UNCONSTRAINED_NAMES", "Prior", "PriorWithRedshift", "prior_from_dict",
            "redshift_to_unconstrained"]
@@ -45,6 +50,7 @@ PARAM_NAMES = (
     "gamma1", "gamma2", "tau_bc", "tau_ism", "n_dust",
 )
 UNCONSTRAINED_NAMES = tuple(f"u{i}" for i in range(11))
+UNCONSTRAINED_MAPS = ("logit", "probit")   # [0, 1] -> R of each box coordinate (module docstring)
 
 _SIMPLEX_ATOL = 1e-6  # tolerance on sum(beta) == 1
 Z_FLOOR = 1e-6        # the smallest redshift `PriorWithRedshift` draws (4 pc: finite fluxes)
@@ -102,7 +108,11 @@ class Prior(_RowChecks):
         tau_bc=(0.0, 3.0),
         tau_ism=(0.0, 3.0),
         n_dust=(-2.0, 1.0),
+        unconstrained: str = "logit",
     ):
+        if unconstrained not in UNCONSTRAINED_MAPS:
+            raise ValueError(f"unconstrained must be one of {UNCONSTRAINED_MAPS}, got {unconstrained!r}")
+        self.unconstrained = unconstrained
         self.bounds = {
             "logmstar": tuple(map(float, logmstar)),
             "fburst": tuple(map(float, fburst)),
@@ -117,7 +127,7 @@ class Prior(_RowChecks):
                 raise ValueError(f"prior bounds for {name} must satisfy low < high, got {(lo, hi)}")
         if self.bounds["gamma"][0] <= 0:
             raise ValueError("log-uniform gamma prior needs a positive lower bound")
-        # Box bounds of the coordinates that are logit-mapped, in unconstrained order
+        # Box bounds of the coordinates mapped to R (logit or probit), in unconstrained order
         # [logmstar, z1, z2, z3, fburst, tburst, log10 g1, log10 g2, tau_bc, tau_ism, n_dust].
         lg = np.log10(self.bounds["gamma"])
         b = self.bounds
@@ -133,16 +143,23 @@ class Prior(_RowChecks):
                                    b["tburst"][1], g[1], g[1], b["tau_bc"][1], b["tau_ism"][1], b["n_dust"][1]])
 
     def to_dict(self) -> dict:
-        """JSON-serialisable description (stored in model artifacts)."""
+        """JSON-serialisable description (stored in model artifacts); ``unconstrained`` only when it
+        is not the logit, which descriptions without it imply."""
         return {"names": list(self.names), "dirichlet_alpha": [1, 1, 1, 1],
-                **{k: list(v) for k, v in self.bounds.items()}}
+                **{k: list(v) for k, v in self.bounds.items()},
+                **({"unconstrained": self.unconstrained} if self.unconstrained != "logit" else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Prior":
         keys = ("logmstar", "fburst", "tburst", "gamma", "tau_bc", "tau_ism", "n_dust")
-        return cls(**{k: tuple(d[k]) for k in keys})
+        return cls(**{k: tuple(d[k]) for k in keys}, unconstrained=d.get("unconstrained", "logit"))
+
+    def with_unconstrained(self, unconstrained: str) -> "Prior":
+        """The same prior over theta with another map to the unconstrained coordinates."""
+        return Prior(**self.bounds, unconstrained=unconstrained)
 
     def __eq__(self, other):
+        """The same distribution over theta (the unconstrained map aside)."""
         return type(other) is Prior and self.bounds == other.bounds
 
     @property
@@ -151,7 +168,8 @@ class Prior(_RowChecks):
         return self
 
     def __repr__(self):
-        return f"Prior({', '.join(f'{k}={v}' for k, v in self.bounds.items())})"
+        return (f"Prior({', '.join(f'{k}={v}' for k, v in self.bounds.items())}"
+                + (f", unconstrained={self.unconstrained!r})" if self.unconstrained != "logit" else ")"))
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, seed=None) -> np.ndarray:
@@ -219,7 +237,7 @@ class Prior(_RowChecks):
         """Map theta (n, 12) inside the prior to u in R^11. Raises for rows outside."""
         theta = self.require_support(theta)
         s = (self._to_box(theta) - self._lo) / (self._hi - self._lo)
-        return logit(np.clip(s, 1e-15, 1 - 1e-15))
+        return _unit_to_real(np.clip(s, 1e-15, 1 - 1e-15), self.unconstrained)
 
     def from_unconstrained(self, u) -> np.ndarray:
         """Map u (n, 11) in R^11 to theta (n, 12); always inside the prior."""
@@ -228,7 +246,7 @@ class Prior(_RowChecks):
             raise ValueError(f"u must have shape (n, {self.ndim_unconstrained}), got {u.shape}")
         if not np.all(np.isfinite(u)):
             raise ValueError("u contains NaN/inf")
-        box = np.clip(self._lo + expit(u) * (self._hi - self._lo), self._lo, self._hi)
+        box = np.clip(self._lo + _real_to_unit(u, self.unconstrained) * (self._hi - self._lo), self._lo, self._hi)
         return self._from_box(box)
 
     def from_unit_cube(self, s) -> np.ndarray:
@@ -247,8 +265,8 @@ class Prior(_RowChecks):
         theta = self.require_support(theta)
         box = self._to_box(theta)
         s = np.clip((box - self._lo) / (self._hi - self._lo), 1e-300, 1 - 1e-16)
-        # logit: du/ds = 1 / (s (1 - s)); box -> s: 1 / (hi - lo)
-        lj = np.sum(-np.log(s) - np.log1p(-s) - np.log(self._hi - self._lo), axis=1)
+        # s -> u (`_log_du_ds`); box -> s: 1 / (hi - lo)
+        lj = np.sum(_log_du_ds(s, self.unconstrained) - np.log(self._hi - self._lo), axis=1)
         # Triangular map (b1, b2, b3) -> (z1, z2, z3): product of diagonal terms.
         b1, b2 = theta[:, 1], theta[:, 2]
         r1 = 1 - b1            # 1 - f1
@@ -263,15 +281,16 @@ class Prior(_RowChecks):
         return lj
 
     def log_prob_unconstrained(self, u) -> np.ndarray:
-        """Log density of u under the prior pushed to R^11 (standard logistic per axis)."""
-        return _standard_logistic_log_prob(u)
+        """Log density of u under the prior pushed to R^11 (standard logistic or normal per axis)."""
+        return _unconstrained_log_prob(u, self.unconstrained)
 
 
 class PriorWithRedshift(_RowChecks):
     """The joint prior of the 12 SED parameters and the redshift, for models and samplers that infer z
     (photometric redshifts; Hahn & Melchior 2022, Sec. 6): ``sed_prior`` times z ~ U(z_min, z_max],
     independent. Column 12 of theta is z; the 12th unconstrained coordinate is
-    logit((z - z_min) / (z_max - z_min)), standard-logistic under the prior like the other eleven.
+    logit((z - z_min) / (z_max - z_min)) (probit for a ``sed_prior`` with ``unconstrained="probit"``),
+    distributed under the prior like the other eleven.
     Draws never fall below `Z_FLOOR` (fluxes diverge as z -> 0). Same interface as `Prior`.
 
     Example
@@ -328,14 +347,14 @@ class PriorWithRedshift(_RowChecks):
     def to_unconstrained(self, theta) -> np.ndarray:
         theta = self.require_support(theta)
         return np.column_stack([self.sed_prior.to_unconstrained(theta[:, :-1]),
-                                redshift_to_unconstrained(theta[:, -1], self.z_range)])
+                                redshift_to_unconstrained(theta[:, -1], self.z_range, self.unconstrained)])
 
     def from_unconstrained(self, u) -> np.ndarray:
         u = np.asarray(u, dtype=float)
         if u.ndim != 2 or u.shape[1] != self.ndim_unconstrained:
             raise ValueError(f"u must have shape (n, {self.ndim_unconstrained}), got {u.shape}")
         lo, hi = self.z_range
-        z = np.clip(lo + expit(u[:, -1]) * (hi - lo), self._z_floor, hi)
+        z = np.clip(lo + _real_to_unit(u[:, -1], self.unconstrained) * (hi - lo), self._z_floor, hi)
         return np.column_stack([self.sed_prior.from_unconstrained(u[:, :-1]), z])
 
     def from_unit_cube(self, s) -> np.ndarray:
@@ -349,24 +368,46 @@ class PriorWithRedshift(_RowChecks):
     def log_abs_det_jacobian(self, theta) -> np.ndarray:
         theta = self.require_support(theta)
         s = np.clip(self._s(theta[:, -1]), 1e-300, 1 - 1e-16)
-        lj_z = -np.log(s) - np.log1p(-s) - np.log(self.z_range[1] - self.z_range[0])
+        lj_z = _log_du_ds(s, self.unconstrained) - np.log(self.z_range[1] - self.z_range[0])
         return self.sed_prior.log_abs_det_jacobian(theta[:, :-1]) + lj_z
 
     def log_prob_unconstrained(self, u) -> np.ndarray:
-        """Log density of u under the joint prior pushed to R^12 (standard logistic per axis)."""
-        return _standard_logistic_log_prob(u)
+        """Log density of u under the joint prior pushed to R^12 (standard logistic or normal per axis)."""
+        return _unconstrained_log_prob(u, self.unconstrained)
+
+    @property
+    def unconstrained(self) -> str:
+        return self.sed_prior.unconstrained
 
 
-def _standard_logistic_log_prob(u) -> np.ndarray:
-    """Sum over columns of the standard logistic log density: both priors' u are distributed so."""
+def _unit_to_real(s, kind: str) -> np.ndarray:
+    """[0, 1] -> R: the logit, or the probit (inverse standard normal CDF)."""
+    return logit(s) if kind == "logit" else ndtri(s)
+
+
+def _real_to_unit(u, kind: str) -> np.ndarray:
+    return expit(u) if kind == "logit" else ndtr(u)
+
+
+def _log_du_ds(s, kind: str) -> np.ndarray:
+    """log |du/ds| of `_unit_to_real`: logit 1 / (s (1 - s)); probit 1 / phi(u), phi the normal density."""
+    if kind == "logit":
+        return -np.log(s) - np.log1p(-s)
+    return 0.5 * ndtri(s) ** 2 + 0.5 * np.log(2 * np.pi)
+
+
+def _unconstrained_log_prob(u, kind: str) -> np.ndarray:
+    """Sum over columns of the density of u when s is uniform: standard logistic (logit) or normal (probit)."""
     u = np.asarray(u, dtype=float)
-    return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
+    if kind == "logit":
+        return np.sum(-u - 2 * np.logaddexp(0.0, -u), axis=1)
+    return np.sum(-0.5 * u**2, axis=1) - 0.5 * u.shape[1] * np.log(2 * np.pi)
 
 
-def redshift_to_unconstrained(z, z_range) -> np.ndarray:
-    """The unconstrained coordinate of z in `PriorWithRedshift`: logit of its place in ``z_range``."""
+def redshift_to_unconstrained(z, z_range, unconstrained: str = "logit") -> np.ndarray:
+    """The unconstrained coordinate of z in `PriorWithRedshift`: logit (or probit) of its place in ``z_range``."""
     lo, hi = z_range
-    return logit(np.clip((np.asarray(z, dtype=float) - lo) / (hi - lo), 1e-15, 1 - 1e-15))
+    return _unit_to_real(np.clip((np.asarray(z, dtype=float) - lo) / (hi - lo), 1e-15, 1 - 1e-15), unconstrained)
 
 
 def prior_from_dict(d: dict) -> Prior | PriorWithRedshift:

@@ -19,8 +19,9 @@ gives exactly the rows of an uninterrupted run. The ``_simulation.json`` manifes
 the configuration and refuses a rerun into the same directory with a different one.
 
 Schema (one row per kept simulation; float64 unless noted):
-``logmstar .. n_dust`` (the 12 parameters), ``u0 .. u10`` (`Prior.to_unconstrained`), ``z``,
-and per band b of the noise model ``flux_true_{b}``, ``flux_{b}``, ``flux_err_{b}`` [nanomaggies],
+``logmstar .. n_dust`` (the 12 parameters), ``u0 .. u10`` (`Prior.to_unconstrained`, the logit
+map; `sedflow train` maps theta to its model's own coordinates), ``z``, and per band b of the
+noise model ``flux_true_{b}``, ``flux_{b}``, ``flux_err_{b}`` [nanomaggies],
 ``mag_{b}``, ``mag_err_{b}`` [AB mag; mag_err = 1.0857 flux_err / flux], then ``shard``
 (int32) and ``row`` (int64, index within the shard).
 """

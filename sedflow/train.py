@@ -32,7 +32,7 @@ import numpy as np
 from sedflow.ood import fit_thresholds
 from sedflow.posterior import (MIN_VALID_BANDS, ARCHITECTURES, BUILDERS, DEFAULT_ARCH, InputLayout, build_estimator,
                                save_model)
-from sedflow.prior import UNCONSTRAINED_NAMES, Prior, PriorWithRedshift, redshift_to_unconstrained
+from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_MAPS, Prior, PriorWithRedshift, prior_from_dict
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
 __all__ = ["train", "training_data", "simulation_bands", "input_layout", "training_prior", "INPUTS", "LR_SCHEDULES"]
@@ -54,10 +54,11 @@ def input_layout(manifest: dict, kind: str, redshift: bool = True) -> InputLayou
     return InputLayout(bands, "asinh", tuple(ASINH_SOFTENING_PER_SIGMA * noise.faint_flux_error()), redshift)
 
 
-def training_prior(manifest: dict, infer_redshift: bool) -> Prior | PriorWithRedshift:
-    """The prior the simulations were drawn from; for a photo-z model with the simulated redshift
-    range's uniform z (`simulate_rows` draws z uniformly on (z_min, z_max])."""
-    prior = Prior.from_dict(manifest["prior"]) if manifest.get("prior") else Prior()
+def training_prior(manifest: dict, infer_redshift: bool, unconstrained: str = "probit") -> Prior | PriorWithRedshift:
+    """The prior the simulations were drawn from, mapped to the flow's coordinates by ``unconstrained``
+    (`sedflow.prior`); for a photo-z model with the simulated redshift range's uniform z
+    (`simulate_rows` draws z uniformly on (z_min, z_max])."""
+    prior = (Prior.from_dict(manifest["prior"]) if manifest.get("prior") else Prior()).with_unconstrained(unconstrained)
     if not infer_redshift:
         return prior
     sim = manifest.get("config") or {}
@@ -97,7 +98,7 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     listing = []
     bands = simulation_bands(manifest)[0]
-    columns = list(UNCONSTRAINED_NAMES) + [f"flux_{b}" for b in bands] + [f"flux_err_{b}" for b in bands] + ["z"]
+    columns = list(PARAM_NAMES) + [f"flux_{b}" for b in bands] + [f"flux_err_{b}" for b in bands] + ["z"]
     for p in shards:
         md = pq.read_metadata(p)
         missing = [c for c in columns if c not in md.schema.names]
@@ -110,34 +111,35 @@ def training_data(data_dir) -> tuple[list[Path], dict, dict]:
 
 
 def _read_shard(path, k: int, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0,
-                z_range=None):
+                prior: dict | None = None):
     """(u, x features, is_validation) of one shard; the split and the band masks depend on (seed, shard) only.
-    With ``z_range`` (a photo-z model) u gains the redshift's unconstrained coordinate (`PriorWithRedshift`)."""
+    u is the training prior's (``prior``, `Prior.to_dict`) unconstrained map of the shard's theta; for a
+    photo-z prior (`PriorWithRedshift`) with the redshift's coordinate last."""
     import pyarrow.parquet as pq
 
+    prior = prior_from_dict(prior) if prior else Prior()
     fc, ec = [f"flux_{b}" for b in layout.bands], [f"flux_err_{b}" for b in layout.bands]
-    t = pq.read_table(path, columns=list(UNCONSTRAINED_NAMES) + fc + ec + ["z"])
-    u = np.column_stack([t.column(c).to_numpy() for c in UNCONSTRAINED_NAMES])
+    t = pq.read_table(path, columns=list(PARAM_NAMES) + fc + ec + ["z"])
+    theta = np.column_stack([t.column(c).to_numpy() for c in PARAM_NAMES])
     flux = np.column_stack([t.column(c).to_numpy() for c in fc])
     if missing_fraction:
         flux = mask_bands(flux, missing_fraction, np.random.default_rng([seed, k, 1]))
     z = t.column("z").to_numpy()
     x = layout.observables(flux, np.column_stack([t.column(c).to_numpy() for c in ec]), z)
-    if z_range is not None:
-        u = np.column_stack([u, redshift_to_unconstrained(z, z_range)])
+    u = prior.to_unconstrained(np.column_stack([theta, z]) if isinstance(prior, PriorWithRedshift) else theta)
     val = np.random.default_rng([seed, k]).uniform(size=len(u)) < val_fraction
     return u, layout.features(x), val
 
 
 def _statistics(shards, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0,
-                z_range=None, sample_rows: int = 200_000) -> dict:
+                prior: dict | None = None, sample_rows: int = 200_000) -> dict:
     """Standardisation and OOD thresholds from the training rows, one shard in memory at a time
     (the x moments over the bands present: missing ones are NaN)."""
     n, su, su2, sx, sx2, nx = 0, 0.0, 0.0, 0.0, 0.0, 0
     keep = []
     total = 0
     for k, p in enumerate(shards):
-        u, x, val = _read_shard(p, k, seed, val_fraction, layout, missing_fraction, z_range)
+        u, x, val = _read_shard(p, k, seed, val_fraction, layout, missing_fraction, prior)
         u, x = u[~val], x[~val]
         n += len(u)
         su, su2 = su + u.sum(0), su2 + (u**2).sum(0)
@@ -195,7 +197,7 @@ def _train_loop(cfg: dict) -> None:
     parts, offset = {"train": [], "val": []}, 0
     for k, p in enumerate(cfg["shards"]):
         u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"], layout, cfg["missing_fraction"],
-                                cfg["z_range"])
+                                cfg["prior"])
         mine = (offset + np.arange(len(u))) % world == rank
         offset += len(u)
         for name, sel in (("train", mine & ~val), ("val", mine & val)):
@@ -290,7 +292,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
           max_epochs: int = 500, lr: float = 5e-4, patience: int = 20, seed: int = 0,
           val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5, lr_schedule: str = "plateau",
           inputs: str = "mag",
-          missing_fraction: float | None = None, infer_redshift: bool = False) -> dict:
+          missing_fraction: float | None = None, infer_redshift: bool = False, unconstrained: str = "probit") -> dict:
     """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
 
     ``inputs``: the x layout (`sedflow.posterior.InputLayout`): ``"mag"`` (SEDflow's log magnitudes)
@@ -300,6 +302,9 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     masks are drawn once per row (seeded by the split seed and shard), not anew each epoch.
     ``infer_redshift``: a photo-z model, q(theta, z | photometry) with z's prior uniform on the
     simulated range (`training_prior`); the artifact records it in its prior, and x has no z.
+    ``unconstrained``: the map of the prior's box coordinates to R the flow works in (`sedflow.prior`):
+    ``"probit"`` (default: standard normal under the prior, like the flow's base) or ``"logit"``
+    (the shipped ``photoz`` and older models).
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
     """
@@ -329,8 +334,9 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     if missing_fraction and inputs != "asinh":
         raise ValueError("missing bands need inputs='asinh' (the log-magnitude layout has no missing flags)")
     layout = input_layout(manifest, inputs, redshift=not infer_redshift)
-    prior = training_prior(manifest, infer_redshift)
-    z_range = prior.z_range if infer_redshift else None
+    if unconstrained not in UNCONSTRAINED_MAPS:
+        raise ValueError(f"unconstrained must be one of {UNCONSTRAINED_MAPS}, got {unconstrained!r}")
+    prior = training_prior(manifest, infer_redshift, unconstrained)
     if layout.kind == "mag" and (manifest.get("config") or {}).get("min_detected") is not None:
         raise ValueError("these simulations reach non-detections (min_detected), which log magnitudes cannot "
                          "hold: train with inputs='asinh' (--inputs asinh)")
@@ -343,18 +349,20 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         if (stats["fingerprint"] != fingerprint or stats["seed"] != seed
                 or stats.get("x_layout", {"kind": "mag"})["kind"] != layout.kind
                 or stats.get("missing_fraction", 0.0) != missing_fraction
-                or stats.get("x_layout", {}).get("redshift", True) != layout.redshift):
+                or stats.get("x_layout", {}).get("redshift", True) != layout.redshift
+                or stats.get("prior", {}) != prior.to_dict()):
             raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
     else:
-        stats = {**_statistics(shards, seed, val_fraction, layout, missing_fraction, z_range), "fingerprint": fingerprint,
-                 "seed": seed, "x_layout": layout.to_dict(), "missing_fraction": missing_fraction}
+        stats = {**_statistics(shards, seed, val_fraction, layout, missing_fraction, prior.to_dict()),
+                 "fingerprint": fingerprint, "seed": seed, "x_layout": layout.to_dict(),
+                 "missing_fraction": missing_fraction, "prior": prior.to_dict()}
         stats_path.write_text(json.dumps({k: v for k, v in stats.items() if k != "ood"}))
 
     with ray_session(address):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         cfg = {"shards": [str(p.resolve()) for p in shards], "seed": seed, "val_fraction": val_fraction,
                "bands": list(bands), "x_layout": layout.to_dict(), "missing_fraction": missing_fraction,
-               "z_range": z_range,
+               "prior": prior.to_dict(),
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
                "lr_patience": lr_patience, "lr_schedule": lr_schedule, "threads_per_worker": max(1, cpus // workers)}
@@ -374,7 +382,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError(f"the validation loss was never finite in {state['epoch']} epochs (training diverged); "
                          f"lower --lr (was {lr:g}) and use a new --out")
     if "ood" not in stats:   # resumed run: the thresholds are recomputed, not cached
-        stats["ood"] = _statistics(shards, seed, val_fraction, layout, missing_fraction, z_range)["ood"]
+        stats["ood"] = _statistics(shards, seed, val_fraction, layout, missing_fraction, prior.to_dict())["ood"]
     net = build_estimator(ARCHITECTURES[arch], n_x=len(layout.names), n_theta=prior.ndim_unconstrained)
     net.load_state_dict(state["best_net"])
     n_params = sum(p.numel() for p in net.parameters())
@@ -394,9 +402,9 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                          "missing_{b} (1: no measurement; that band's entries set to the training mean)")
                         + "; the network sees log10 of the errors; all standardised"
                         + ("; no z: the redshift is inferred (theta's last column)" if infer_redshift else ""),
-        "theta_space": ("PriorWithRedshift.to_unconstrained (12-dim, R^12: the 11 of Prior and logit of z's "
-                        "place in its range), standardised" if infer_redshift else
-                        "Prior.to_unconstrained (11-dim, R^11), standardised"),
+        "theta_space": (f"PriorWithRedshift.to_unconstrained (12-dim, R^12: the 11 of Prior and the {unconstrained} "
+                        "of z's place in its range), standardised" if infer_redshift else
+                        f"Prior.to_unconstrained (11-dim, R^11, {unconstrained} of the box coordinates), standardised"),
         "standardization": stats["standardization"],
         "ood": stats["ood"],
         "prior": prior.to_dict(),

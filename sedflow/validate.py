@@ -116,11 +116,16 @@ def reference_galaxies(sims, n: int) -> np.ndarray:
 
 def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
     """What determines galaxy i's chain: its photometry, z, seed, the sampler and its settings,
-    the SED model and the prior (not the flow). JSON-normalised, as it is stored."""
+    the SED model and the prior (not the flow). JSON-normalised, as it is stored. Nautilus draws in the
+    prior's unit cube, so for it the prior is its distribution over theta, whatever map to the
+    unconstrained coordinates the model uses (zeus walks those coordinates: for it the map counts)."""
     z = None if isinstance(prior, PriorWithRedshift) else float(sims["z"][i])      # None: z is sampled too
+    described = prior.to_dict()
+    if reference == "nautilus":
+        described.pop("unconstrained", None)
     request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": z,
                "seed": int(seed + i), "sampler": reference, "options": dict(sorted((mcmc_options or {}).items())),
-               "sed_model": sed.describe(), "prior": prior.to_dict()}
+               "sed_model": sed.describe(), "prior": described}
     return json.loads(json.dumps(request))      # NaN (a missing band's flux) round-trips as NaN
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sedflow.prior import PARAM_NAMES, Prior
+from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_MAPS, Prior, PriorWithRedshift, prior_from_dict
 
 
 def test_names_and_shapes(prior):
@@ -38,7 +38,22 @@ def test_unconstrained_round_trip_and_logistic(prior):
         assert stats.kstest(u[:, j], stats.logistic.cdf).pvalue > 1e-3, j
 
 
-def test_whole_real_line_maps_inside_prior(prior):
+def test_probit_coordinates_are_standard_normal_under_the_prior():
+    """The probit map: u ~ N(0, 1) per coordinate under the prior (the flow's base), and it is the
+    logit map's box coordinate sent through the normal quantile instead."""
+    probit, logit = Prior(unconstrained="probit"), Prior()
+    theta = probit.sample(5000, seed=2)
+    u = probit.to_unconstrained(theta)
+    np.testing.assert_allclose(probit.from_unconstrained(u), theta, rtol=1e-9, atol=1e-12)
+    for j in range(11):
+        assert stats.kstest(u[:, j], stats.norm.cdf).pvalue > 1e-3, j
+    np.testing.assert_allclose(stats.norm.cdf(u), stats.logistic.cdf(logit.to_unconstrained(theta)), atol=1e-12)
+    np.testing.assert_array_equal(probit.sample(10, seed=3), logit.sample(10, seed=3))   # the same theta prior
+
+
+@pytest.mark.parametrize("kind", UNCONSTRAINED_MAPS)
+def test_whole_real_line_maps_inside_prior(kind):
+    prior = Prior(unconstrained=kind)
     rng = np.random.default_rng(0)
     u = np.concatenate([rng.normal(scale=30, size=(2000, 11)), np.full((1, 11), 700.0), np.full((1, 11), -700.0)])
     theta = prior.from_unconstrained(u)
@@ -46,8 +61,10 @@ def test_whole_real_line_maps_inside_prior(prior):
     assert prior.in_support(theta).all()
 
 
-def test_log_jacobian_matches_densities(prior):
+@pytest.mark.parametrize("kind", UNCONSTRAINED_MAPS)
+def test_log_jacobian_matches_densities(kind):
     """log p(theta) = log p_u(u) + log|du/dtheta|, and the Jacobian matches finite differences."""
+    prior = Prior(unconstrained=kind)
     theta = prior.sample(200, seed=5)
     u = prior.to_unconstrained(theta)
     np.testing.assert_allclose(prior.log_prob(theta),
@@ -110,6 +127,18 @@ def test_dict_round_trip():
     p = Prior(logmstar=(8, 12))
     assert Prior.from_dict(p.to_dict()) == p
     assert p != Prior()
+    assert "unconstrained" not in p.to_dict()           # the logit: what descriptions without the key mean
+    q = Prior(unconstrained="probit")
+    back = prior_from_dict(PriorWithRedshift(q, (0.0, 0.6)).to_dict())
+    assert back.unconstrained == "probit" and back.sed_prior.unconstrained == "probit"
+    assert q == Prior()                                   # equality is the distribution over theta
+    theta = back.sample(2000, seed=1)
+    u = back.to_unconstrained(theta)
+    assert stats.kstest(u[:, -1], stats.norm.cdf).pvalue > 1e-3          # z's coordinate is probit too
+    np.testing.assert_allclose(back.log_prob_unconstrained(u) + back.log_abs_det_jacobian(theta),
+                               back.log_prob(theta), rtol=1e-8)
+    with pytest.raises(ValueError, match="unconstrained"):
+        Prior(unconstrained="tanh")
     with pytest.raises(ValueError):
         Prior(tau_bc=(3, 0))
 

@@ -54,6 +54,11 @@ def test_artifact_round_trip(trained, sims):
     assert cfg["training_data"]["rows"] == 6000 and len(cfg["training_data"]["manifest_sha256"]) == 64
     assert cfg["noise_model"]["kind"] == "sedflow.NoiseModel" and cfg["prior"]["names"] == list(PARAM_NAMES)
     assert cfg["training"]["best_epoch"] == second["best_epoch"]
+    # the flow's coordinates: the probit map, standard normal under the prior (sedflow.prior)
+    assert cfg["prior"]["unconstrained"] == "probit" and post.prior.unconstrained == "probit"
+    np.testing.assert_allclose(post.u_std[1:], 1.0, atol=0.1)        # logM*'s is narrowed by the flux cuts
+    with pytest.raises(ValueError, match="other data or seed"):     # not resumed in other coordinates
+        train(sims, out, workers=1, max_epochs=5, batch_size=256, unconstrained="logit")
     t = pq.read_table(sorted(sims.glob("shard-*.parquet"))[0]).to_pandas().iloc[:4]
     x = t[list(x_names(BANDS))].to_numpy()
     theta = post.sample(x, 500, seed=3)
@@ -196,6 +201,8 @@ def test_bad_training_requests(sims, tmp_path):
         train(sims, tmp_path / "m", lr_patience=-1)
     with pytest.raises(ValueError, match="lr_schedule"):
         train(sims, tmp_path / "m", lr_schedule="step")
+    with pytest.raises(ValueError, match="unconstrained"):
+        train(sims, tmp_path / "m", unconstrained="tanh")
 
 
 def test_every_architecture_builds_samples_and_scores():
