@@ -315,35 +315,43 @@ class PosteriorModel:
         return torch.as_tensor(f, dtype=torch.float32)
 
     # ------------------------------------------------------------------ sampling
-    def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
-        """Draws of u (n_gal, n, 11, or 12 with z) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws,
-        in `precision` arithmetic."""
+    def _draw_chunks(self, x, n: int, seed, chunk_rows: int):
+        """Yield (galaxies, draws, u) with u (k_gal, k, d) the de-standardised draws of those slices, one
+        network call of about ``chunk_rows`` draws each, in `precision` arithmetic."""
         import torch
 
         from sedflow.flows import sampling_precision
 
         xt = self._x_tensor(x)
-        n_gal = xt.shape[0]
-        out = np.empty((n_gal, n, self.prior.ndim_unconstrained), dtype=np.float64)
         per_call = max(1, chunk_rows // max(n, 1))     # galaxies per call
         draws = min(n, chunk_rows)                     # draws per galaxy per call
         with torch.random.fork_rng(), torch.inference_mode(), sampling_precision(self.net, self.precision):
             torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-            for g in range(0, n_gal, per_call):
+            for g in range(0, xt.shape[0], per_call):
                 cond = xt[g:g + per_call]
                 for s in range(0, n, draws):
                     k = min(draws, n - s)
-                    z = self.net.sample((k,), condition=cond)            # (k, n_cond, 11)
-                    out[g:g + per_call, s:s + k] = z.permute(1, 0, 2).double().numpy()
-        out *= self.u_std
-        out += self.u_mean
+                    u = self.net.sample((k,), condition=cond).permute(1, 0, 2).double().numpy()   # (n_cond, k, d)
+                    u *= self.u_std
+                    u += self.u_mean
+                    yield slice(g, g + per_call), slice(s, s + k), u
+
+    def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
+        """Draws of u (n_gal, n, 11, or 12 with z) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws,
+        in `precision` arithmetic."""
+        out = np.empty((np.shape(x)[0] if np.ndim(x) == 2 else 1, n, self.prior.ndim_unconstrained))
+        for galaxies, draws, u in self._draw_chunks(x, n, seed, chunk_rows):
+            out[galaxies, draws] = u
         return out
 
     def sample(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
         """Posterior draws theta (n_gal, n, 12) in the physical parameterisation (`names` order: PARAM_NAMES,
-        and z last for a photo-z model: (n_gal, n, 13))."""
-        u = self.sample_unconstrained(x, n, seed=seed, chunk_rows=chunk_rows)
-        return self.prior.from_unconstrained(u.reshape(-1, u.shape[-1])).reshape(u.shape[0], n, -1)
+        and z last for a photo-z model: (n_gal, n, 13)); each chunk is mapped back as it is drawn (its
+        temporaries stay in cache)."""
+        out = np.empty((np.shape(x)[0] if np.ndim(x) == 2 else 1, n, self.prior.ndim))
+        for galaxies, draws, u in self._draw_chunks(x, n, seed, chunk_rows):
+            out[galaxies, draws] = self.prior.from_unconstrained(u.reshape(-1, u.shape[-1])).reshape(*u.shape[:2], -1)
+        return out
 
     def log_prob(self, theta, x) -> np.ndarray:
         """log q(theta | x) per row (theta (m, 12), 13 with z, with x (m, n_x) or one x (n_x,)), density
