@@ -284,7 +284,8 @@ def fit_to_catalog(model, catalog, spec, specz_model="sdss", row_every: int = 2,
     pop = PopulationPrior.fit(u, post.prior.log_prob_unconstrained, n_components=n_components, iterations=iterations,
                               seed=seed, fitted_on={"catalog": Path(catalog).name, "spec": spec.name,
                                                     "row_every": int(row_every), "row_offset": int(row_offset),
-                                                    "max_rows": max_rows, "specz_model": str(specz_model)})
+                                                    "max_rows": max_rows, "specz_model": str(specz_model),
+                                                    "unconstrained": post.prior.unconstrained})
     if write:
         write_json(model_path(model) / POPULATION_FILE, pop.to_dict())
     return pop

@@ -475,4 +475,8 @@ def _load_population_prior(path: Path, prior):
     if pop.ndim != prior.ndim_unconstrained:
         raise ArtifactError(f"{file} is a density in {pop.ndim} dimensions, the model's prior has "
                             f"{prior.ndim_unconstrained} unconstrained coordinates")
+    fitted_map = pop.fitted_on.get("unconstrained", "logit")      # files without it were fitted in logit coordinates
+    if fitted_map != prior.unconstrained:
+        raise ArtifactError(f"{file} is a density over {fitted_map} coordinates, the model's prior uses "
+                            f"{prior.unconstrained}: refit it (sedflow population-prior)")
     return pop

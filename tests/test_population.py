@@ -94,6 +94,11 @@ def test_bad_population_file_is_an_artifact_error(tmp_path):
     (tmp_path / POPULATION_FILE).write_text(json.dumps(two_component(3).to_dict()))
     with pytest.raises(ArtifactError, match="3 dimensions"):
         load_model(tmp_path)
+    other = load_model("photoz").population_prior.to_dict()       # fitted in the model's logit coordinates
+    other["fitted_on"]["unconstrained"] = "probit"
+    (tmp_path / POPULATION_FILE).write_text(json.dumps(other))
+    with pytest.raises(ArtifactError, match="refit it"):
+        load_model(tmp_path)
 
 
 def test_inference_with_the_population_prior(tmp_path):
