@@ -84,9 +84,8 @@ def run(quick: bool = False) -> dict:
         if bfloat16_is_fast():      # what `--precision auto` samples in here, against the bfloat16 matmul rate
             ceiling16 = matmul_gflops(t, repeat, "bfloat16")
             sps = sampler_rate(post.net, n_x, t, repeat, "bfloat16")
-            res["matmul_gflops_bfloat16"] = {**res.get("matmul_gflops_bfloat16", {}), str(t): ceiling16}
-            res["sampler_samples_per_s"][f"{arch}_bfloat16"] = {
-                **res["sampler_samples_per_s"].get(f"{arch}_bfloat16", {}), str(t): sps}
+            res.setdefault("matmul_gflops_bfloat16", {})[str(t)] = ceiling16
+            res["sampler_samples_per_s"].setdefault(f"{arch}_bfloat16", {})[str(t)] = sps
             rows.append(row(f"{arch} sampler in bfloat16 ({sps:,.0f} samples/s), {t} thread(s)",
                             res["flops_per_sample"][arch] * sps / 1e9, "GFLOP/s", f"bfloat16 matmul, {t} thread(s)",
                             ceiling16))

@@ -342,6 +342,8 @@ def _precision_option(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sedflow.prior import UNCONSTRAINED_MAPS
+
     p = argparse.ArgumentParser(prog="sedflow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -401,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--infer-redshift", action="store_true",
                    help="a photometric-redshift model: infer z with the galaxy's parameters from photometry alone "
                         "(z's prior uniform on the simulated range)")
-    t.add_argument("--unconstrained", choices=["probit", "logit"], default="probit",
+    t.add_argument("--unconstrained", choices=UNCONSTRAINED_MAPS, default="probit",
                    help="map of the prior's bounded coordinates to R for the flow: probit (default; standard normal "
                         "under the prior, like the flow's base) or logit (the shipped photoz and older models)")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")

@@ -339,16 +339,16 @@ class PosteriorModel:
     def sample_unconstrained(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
         """Draws of u (n_gal, n, 11, or 12 with z) given x (n_gal, n_x); chunks of about ``chunk_rows`` draws,
         in `precision` arithmetic."""
-        out = np.empty((np.shape(x)[0] if np.ndim(x) == 2 else 1, n, self.prior.ndim_unconstrained))
+        out = np.empty((len(np.atleast_2d(x)), n, self.prior.ndim_unconstrained))
         for galaxies, draws, u in self._draw_chunks(x, n, seed, chunk_rows):
             out[galaxies, draws] = u
         return out
 
     def sample(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
         """Posterior draws theta (n_gal, n, 12) in the physical parameterisation (`names` order: PARAM_NAMES,
-        and z last for a photo-z model: (n_gal, n, 13)); each chunk is mapped back as it is drawn (its
-        temporaries stay in cache)."""
-        out = np.empty((np.shape(x)[0] if np.ndim(x) == 2 else 1, n, self.prior.ndim))
+        and z last for a photo-z model: (n_gal, n, 13)); each chunk is mapped back as it is drawn, so
+        only one chunk's u is held."""
+        out = np.empty((len(np.atleast_2d(x)), n, self.prior.ndim))
         for galaxies, draws, u in self._draw_chunks(x, n, seed, chunk_rows):
             out[galaxies, draws] = self.prior.from_unconstrained(u.reshape(-1, u.shape[-1])).reshape(*u.shape[:2], -1)
         return out

@@ -32,7 +32,7 @@ import numpy as np
 from sedflow.ood import fit_thresholds
 from sedflow.posterior import (MIN_VALID_BANDS, ARCHITECTURES, BUILDERS, DEFAULT_ARCH, InputLayout, build_estimator,
                                save_model)
-from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_MAPS, Prior, PriorWithRedshift, prior_from_dict
+from sedflow.prior import PARAM_NAMES, Prior, PriorWithRedshift, prior_from_dict
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
 __all__ = ["train", "training_data", "simulation_bands", "input_layout", "training_prior", "INPUTS", "LR_SCHEDULES"]
@@ -334,9 +334,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     if missing_fraction and inputs != "asinh":
         raise ValueError("missing bands need inputs='asinh' (the log-magnitude layout has no missing flags)")
     layout = input_layout(manifest, inputs, redshift=not infer_redshift)
-    if unconstrained not in UNCONSTRAINED_MAPS:
-        raise ValueError(f"unconstrained must be one of {UNCONSTRAINED_MAPS}, got {unconstrained!r}")
-    prior = training_prior(manifest, infer_redshift, unconstrained)
+    prior = training_prior(manifest, infer_redshift, unconstrained)      # Prior checks the map's name
     if layout.kind == "mag" and (manifest.get("config") or {}).get("min_detected") is not None:
         raise ValueError("these simulations reach non-detections (min_detected), which log magnitudes cannot "
                          "hold: train with inputs='asinh' (--inputs asinh)")
