@@ -139,7 +139,8 @@ def _simulate(args) -> int:
                               reported_errors=args.reported_errors,
                               filters=tuple(args.filters) if args.filters else None,
                               noise_envelope=tuple(args.noise_envelope) if args.noise_envelope else None,
-                              min_detected=args.min_detected)
+                              min_detected=args.min_detected,
+                              nebular_logu=None if args.no_nebular else args.nebular_logu)
     noise = NoiseModel.load(args.noise_model) if args.noise_model else None
     s = run_simulation(args.out, config, noise=noise, address=args.address, workers=args.workers,
                        progress=not args.quiet)
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_noise_check)
 
     from sedflow.simulate import PAPER_N
+    from sedflow.sps.nebular import DEFAULT_LOGU
 
     _add_ingest_parser(sub)
     _add_mcmc_parser(sub)
@@ -507,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reported-errors", choices=["observed", "true"], default="observed",
                    help="report each galaxy's flux error from its observed flux, as catalogs do (default), or "
                         "from its noiseless flux (the first simulations' convention; leaks the noise draw)")
+    neb = s.add_mutually_exclusive_group()
+    neb.add_argument("--nebular-logu", type=float, default=DEFAULT_LOGU, metavar="LOGU",
+                     help=f"log10 ionisation parameter of the nebular emission of stars younger than the "
+                          f"birth-cloud escape time (default {DEFAULT_LOGU:g}, as FSPS; -4 .. 0)")
+    neb.add_argument("--no-nebular", action="store_true", help="stellar light only (as PROVABGS)")
     s.add_argument("--noise-model", type=cli_path, help="noise model JSON (default: the shipped SDSS+NSA-floors model)")
     s.add_argument("--address", help="Ray address (default: start a local Ray)")
     s.add_argument("--workers", type=int, help="most shards simulated at once (default: as many as Ray has CPUs)")

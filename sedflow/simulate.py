@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from sedflow.catalog import MAG_ERR_PER_FRAC
 from sedflow.noise import NoiseModel
 from sedflow.prior import PARAM_NAMES, UNCONSTRAINED_NAMES, Prior
+from sedflow.sps.nebular import DEFAULT_LOGU
 from sedflow.sps.photometry import nanomaggies_to_mag
 from sedflow.storage import claim_output, write_parquet
 
@@ -80,6 +81,9 @@ class SimulationConfig:
     # bands inside it and none above it; the others may be faint, zero or negative (non-detections),
     # with sky-limited errors (`simulate_rows`)
     min_detected: int | None = None
+    # log10 U of the nebular emission of populations younger than t_esc (`sedflow.sps.nebular`);
+    # None: stellar light only (every simulation made before nebular emission existed)
+    nebular_logu: float | None = DEFAULT_LOGU
 
     def shard_sizes(self) -> list[int]:
         base, extra = divmod(self.n, self.shards)
@@ -264,7 +268,8 @@ def run_simulation(out_dir, config: SimulationConfig = SimulationConfig(), noise
     if len(filters) != len(noise.bands):
         raise ValueError(f"{len(filters)} filters for the noise model's {len(noise.bands)} bands {list(noise.bands)}")
     if model is None:    # the rest-frame grid follows the filters and the redshift range
-        model = SEDModel(filters=filters, z_min=config.z_min, z_max=config.z_max, prior=prior)
+        model = SEDModel(filters=filters, z_min=config.z_min, z_max=config.z_max, prior=prior,
+                         nebular_logu=config.nebular_logu)
     elif tuple(model.band_names) != filters:
         raise ValueError(f"the SED model's filters {list(model.band_names)} differ from {list(filters)}")
     if config.z_max > model.phot.z_max:

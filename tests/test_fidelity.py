@@ -73,7 +73,7 @@ def fidelity():
     from sedflow.sps.emulator import PROVABGSEmulator
     from sedflow.sps.photometry import Photometry, nanomaggies_to_mag
 
-    model = SEDModel(bases=NMFBases.from_provabgs_dir(PROVABGS_DIR), z_max=0.25)
+    model = SEDModel(bases=NMFBases.from_provabgs_dir(PROVABGS_DIR), z_max=0.25, nebular_logu=None)  # as PROVABGS
     emu = PROVABGSEmulator.from_dir(PROVABGS_DIR, wave_range=(2000.0, 12000.0))
     phot = Photometry(emu.wave, z_max=0.25)
 

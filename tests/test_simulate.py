@@ -39,6 +39,7 @@ def test_schema_and_contents(reference, prior):
     assert manifest["bands"] == list(BANDS) and manifest["config"]["filters"] == [f"sdss2010-{b}" for b in BANDS]
     sed_model = SEDModel.from_description(manifest["sed_model"])      # the model the shards were made with
     assert sed_model.z_range == (0.0, 0.2)
+    assert manifest["sed_model"]["nebular"]["logu"] == -2.0 and sed_model.nebular is not None   # on by default
     assert summary["complete"] and summary["rows"] == 600
     table = pq.read_table(shard_path(out, 0, 2))
     assert table.schema.remove_metadata().equals(simulation_schema(BANDS).remove_metadata())
@@ -89,6 +90,24 @@ def test_cuts_remove_exactly_the_rows_outside(sed_model, prior):
     assert counts["cut_sigma_nonpositive"] == (~ok).sum()
     assert counts["cut_flux_range"] == (ok & ~inside).sum()
     np.testing.assert_allclose(cols["logmstar"], theta[ok & inside][:50, 0])
+
+
+def test_stellar_only_simulation_from_the_cli(ray_local, tmp_path):
+    """`sedflow simulate --no-nebular`: the manifest says so and the noiseless fluxes are the
+    stellar-only model's, fainter than with nebular emission (never brighter)."""
+    from sedflow.cli import main
+    from sedflow.sps.model import SEDModel
+
+    out = tmp_path / "stellar"
+    assert main(["simulate", "--n", "200", "--shards", "1", "--seed", "3", "--out", str(out), "--no-nebular",
+                 "--quiet"]) == 0
+    manifest = json.loads((out / "_simulation.json").read_text())
+    assert manifest["config"]["nebular_logu"] is None and "nebular" not in manifest["sed_model"]
+    d = pq.read_table(shard_path(out, 0, 1)).to_pandas()
+    theta, z = d[list(PARAM_NAMES)].to_numpy(), d["z"].to_numpy()
+    true = d[[f"flux_true_{b}" for b in BANDS]].to_numpy()
+    np.testing.assert_allclose(true, SEDModel(z_max=0.2, nebular_logu=None).photometry(theta, z), rtol=1e-10)
+    assert np.all(SEDModel(z_max=0.2).photometry(theta, z) >= true * (1 - 1e-12))
 
 
 def test_identical_files_whatever_the_number_of_workers(reference, tmp_path):

