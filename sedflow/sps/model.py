@@ -38,7 +38,7 @@ from sedflow.sps.history import (BIN_MID, N_BINS, IntervalLocator, NMFBases, Pop
                                  formed_mass_fraction, populations, split_populations)
 from sedflow.sps.nebular import DEFAULT_LOGU, bagpipes_nebular
 from sedflow.sps.photometry import SDSS_FILTERS, Photometry, rest_frame_range
-from sedflow.sps.ssp import DEFAULT_RESOLUTION, DEFAULT_WAVE_RANGE, SSPGrid, bc03_miles
+from sedflow.sps.ssp import DEFAULT_RESOLUTION, DEFAULT_WAVE_RANGE, SSPGrid, axis_weights, bc03_miles
 
 __all__ = ["SEDModel", "PROPERTY_NAMES", "grid_wave_range"]
 
@@ -58,18 +58,6 @@ def grid_wave_range(filters, z_min: float, z_max: float) -> tuple[float, float]:
 
 def _ssp_library(ssp: SSPGrid) -> str:
     return "bc03_miles" if ssp.source.startswith("BC03+MILES") else "other"
-
-
-def _axis_weights(x, nodes, locate=None):
-    """Lower node index and linear weight of x on increasing nodes, clamped at the ends
-    (``locate``: an `IntervalLocator` of the nodes, faster than the search)."""
-    if locate is not None:
-        i = locate(x)
-    else:                       # np.minimum/maximum: np.clip's wrapper costs ~10 us a call
-        i = np.minimum(np.maximum(np.searchsorted(nodes, x, side="right") - 1, 0), nodes.size - 2)
-    lo = nodes.take(i)
-    w = (x - lo) / (nodes.take(i + 1) - lo)
-    return i, np.minimum(np.maximum(w, 0.0), 1.0)
 
 
 class SEDModel:
@@ -110,15 +98,16 @@ class SEDModel:
         self._log_z = np.log10(self.ssp.metallicities)
         self._locate_age, self._locate_z = IntervalLocator(self._log_age), IntervalLocator(self._log_z)
         # SSP spectra at the mid-age of each full lookback bin: (42, n_z, n_wave)
-        ia, wa = _axis_weights(np.log10(BIN_MID), self._log_age)
+        ia, wa = axis_weights(np.log10(BIN_MID), self._log_age)
         lum = self.ssp.lum
         young_lum = lum if self.nebular is None else lum + self.nebular.on_ages(self.ssp.ages, self.ssp.metallicities)
         self._n_young = int(np.sum(BIN_MID < self.t_esc))         # BIN_MID increases: young bins come first
-        young, old = slice(None, self._n_young), slice(self._n_young, None)
-        self._young_ssp = ((1 - wa[young])[:, None, None] * young_lum[ia[young]]
-                           + wa[young][:, None, None] * young_lum[ia[young] + 1]).reshape(-1, self.wave.size)
-        self._old_ssp = ((1 - wa[old])[:, None, None] * lum[ia[old]]
-                         + wa[old][:, None, None] * lum[ia[old] + 1]).reshape(-1, self.wave.size)
+        def at_bin_mids(grid, bins):                                # (bins, n_z, n_wave) -> rows
+            i, w = ia[bins], wa[bins][:, None, None]
+            return ((1 - w) * grid[i] + w * grid[i + 1]).reshape(-1, self.wave.size)
+
+        self._young_ssp = at_bin_mids(young_lum, slice(None, self._n_young))
+        self._old_ssp = at_bin_mids(lum, slice(self._n_young, None))
         self._flat_ssp = lum.reshape(-1, self.wave.size)           # rows: age-major, then Z
         self._flat_young_ssp = young_lum.reshape(-1, self.wave.size)
         # Surviving fraction of each full bin (its age fixed): linear in log Z between the grid's
@@ -204,8 +193,8 @@ class SEDModel:
     # ------------------------------------------------------------------ physics
     def _grid_interp(self, table, age_gyr, metallicity):
         """Bilinear (log age, log Z) interpolation of an (n_age, n_z) table at any shape."""
-        ia, wa = _axis_weights(np.log10(age_gyr), self._log_age, self._locate_age)
-        iz, wz = _axis_weights(np.log10(metallicity), self._log_z, self._locate_z)
+        ia, wa = axis_weights(np.log10(age_gyr), self._log_age, self._locate_age)
+        iz, wz = axis_weights(np.log10(metallicity), self._log_z, self._locate_z)
         flat, nz = table.ravel(), table.shape[1]
         k = ia * nz + iz                            # flat index of the (ia, iz) corner
         return ((1 - wa) * ((1 - wz) * flat.take(k) + wz * flat.take(k + 1))
@@ -220,8 +209,8 @@ class SEDModel:
         if k > 2:
             raise ValueError("at most two free-age populations per galaxy (see the repeated columns below)")
         nz = self._log_z.size
-        ia, wa = _axis_weights(np.log10(age), self._log_age)
-        iz, wz = _axis_weights(np.log10(metallicity), self._log_z)
+        ia, wa = axis_weights(np.log10(age), self._log_age)
+        iz, wz = axis_weights(np.log10(metallicity), self._log_z)
         corner = (ia * nz + iz).astype(np.int32)                                  # int32: scipy's index type
         cols = (corner[..., None] + np.array([0, 1, nz, nz + 1], np.int32)).reshape(n, 4 * k)
         fa, fz = np.stack([1 - wa, wa], axis=-1), np.stack([1 - wz, wz], axis=-1)
@@ -247,7 +236,7 @@ class SEDModel:
         # Full bins: SSPs precomputed at the bin mid-ages; linear in log Z -> weights (n, 42, n_z),
         # two per bin, written in place.
         m = np.where(np.arange(N_BINS) < pops.truncated_bin[:, None], pops.mass[:, :N_BINS], 0.0)
-        iz, wz = _axis_weights(np.log10(pops.metallicity[:, :N_BINS]), self._log_z)
+        iz, wz = axis_weights(np.log10(pops.metallicity[:, :N_BINS]), self._log_z)
         W = np.zeros((n, N_BINS, nz))
         lower = np.arange(0, n * N_BINS * nz, nz) + iz.ravel()      # flat index of (row, bin, iz)
         W.reshape(-1)[lower] = (m * (1 - wz)).ravel()

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sedflow.sps.ssp import BC03_SOLAR_Z, BC03_Z_OVER_ZSUN, pixel_mean
+from sedflow.sps.ssp import BC03_SOLAR_Z, BC03_Z_OVER_ZSUN, axis_weights, pixel_mean
 
 __all__ = ["NebularGrid", "bagpipes_nebular", "read_cloudy_node", "DEFAULT_LOGU", "LOGU_NODES", "pixel_edges"]
 
@@ -83,13 +83,9 @@ class NebularGrid:
         that is gas lit by a BC03 SSP of that metallicity). Ages below the youngest take its
         spectrum (an SSP's ionising output is nearly constant over its first Myr), ages above the
         oldest (25 Myr) have none."""
-        def weights(x, nodes):
-            i = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, nodes.size - 2)
-            return i, np.clip((x - nodes[i]) / (nodes[i + 1] - nodes[i]), 0.0, 1.0)
-
         log_a = np.log10(ages)
-        ia, wa = weights(log_a, np.log10(self.ages))
-        iz, wz = weights(np.log10(metallicities), np.log10(self.metallicities))
+        ia, wa = axis_weights(log_a, np.log10(self.ages))
+        iz, wz = axis_weights(np.log10(metallicities), np.log10(self.metallicities))
         by_z = (1 - wz)[None, :, None] * self.lum[:, iz] + wz[None, :, None] * self.lum[:, iz + 1]
         out = (1 - wa)[:, None, None] * by_z[ia] + wa[:, None, None] * by_z[ia + 1]
         out[log_a > np.log10(self.ages[-1])] = 0.0

