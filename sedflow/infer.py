@@ -207,9 +207,9 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
             for s, v in _summaries(theta[:, :, j]).items():
                 summ[f"{name}_{s}"][rows] = v
         m = min(property_samples, theta.shape[1])
-        pick = np.random.default_rng(prop_seed).choice(theta.shape[1], size=m, replace=False) \
-            if m < theta.shape[1] else np.arange(m)
-        sub = theta[:, pick].reshape(-1, theta.shape[-1])
+        sub = theta if m == theta.shape[1] else \
+            theta[:, np.random.default_rng(prop_seed).choice(theta.shape[1], size=m, replace=False)]
+        sub = sub.reshape(-1, theta.shape[-1])           # a view when every draw is used
         # photo-z: each draw's properties at its own z (marginalised over z)
         props = sed.properties(sub[:, :len(PARAM_NAMES)], sub[:, -1] if photoz else np.repeat(z, m))
         for name in PROPERTY_NAMES:
