@@ -10,7 +10,7 @@
                   [--lr-schedule plateau|cosine] [--lr-patience 5] [--address RAY]
     sedflow mcmc --flux F ... --flux-err E ... --z Z [--model NAME_OR_DIR] [--walkers 30] [--steps 10000]
     sedflow validate --out REPORT_DIR [--model MODEL_DIR] [--n-test 1000] [--samples 10000] [--mcmc 50]
-                     [--reference nautilus|zeus]
+                     [--reference nautilus|zeus] [--repeat-sets K]
                      [--mcmc-dir DIR] [--address RAY]
     sedflow run [--out DIR]                                the main job on embedded defaults
     sedflow infer CATALOG_DIR --out OUT_DIR [--model DIR] [--samples N] [--keep-samples K]
@@ -208,7 +208,7 @@ def _validate(args) -> int:
     m = validate(args.out, model_path=args.model, n_test=args.n_test, n_samples=args.samples, n_mcmc=args.mcmc,
                  catalog=args.catalog, catalog_spec=args.spec, reference=args.reference, mcmc_options=options,
                  address=args.address, mcmc_dir=args.mcmc_dir, baseline=args.baseline, specz_model=args.specz_model,
-                 photoz_samples=args.photoz_samples, precision=args.precision)
+                 photoz_samples=args.photoz_samples, precision=args.precision, repeat_sets=args.repeat_sets)
     cal = m["calibration"]["passes"]
     print(f"report: {Path(args.out) / 'report.md'}; SBC {'pass' if cal['sbc'] else 'FAIL'}, "
           f"p-p {'pass' if cal['pp'] else 'FAIL'}"
@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", type=cli_path, help="model artifact directory (default: the shipped model)")
     v.add_argument("--n-test", type=int, default=1000, help="held-out simulations (default 1000)")
     v.add_argument("--samples", type=int, default=10000, help="posterior draws each (default 10000)")
+    v.add_argument("--repeat-sets", type=int, default=0,
+                   help="also run the SBC test on this many more independent held-out sets of --n-test, and on "
+                        "them pooled (default 0)")
     v.add_argument("--mcmc", type=int, default=50,
                    help="galaxies compared with the reference sampler (default 50; a fifth with a non-detection "
                         "or a missing band)")
