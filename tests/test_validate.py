@@ -70,10 +70,10 @@ def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_loca
     assert files[1].read_bytes()[:4] == b"PAR1" and files[0].stat().st_mtime_ns == stamp0
 
 
-def test_nautilus_reference_converges_and_picks_hard_galaxies(tmp_path, ray_local):
+def test_nautilus_reference_converges_and_picks_hard_galaxies(tmp_path, ray_local, nsa60):
     """The default reference (nautilus) reports its convergence and noise, and a fifth of the
     compared galaxies have a non-detection or a missing band when the model takes them."""
-    m = validate(tmp_path / "n", n_test=200, n_samples=200, n_mcmc=5, catalog=None,
+    m = validate(tmp_path / "n", n_test=200, n_samples=200, n_mcmc=5, catalog=nsa60,
                  mcmc_options={"n_live": 100, "n_eff": 300})["mcmc"]
     assert m["reference"] == "nautilus" and m["n"] == 5 and m["n_hard"] >= 1
     assert m["converged"] == 5 and all(g["n_eff"] >= 0.95 * 300 for g in m["galaxies"])
