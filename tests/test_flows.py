@@ -140,3 +140,28 @@ def test_bfloat16_path_for_any_depth(hidden):
             bf16 = net.sample((500,), condition=c)
     assert not torch.equal(ref, bf16)
     np.testing.assert_allclose(bf16.numpy(), ref.numpy(), atol=0.05 * float(ref.std()))
+
+
+def test_fused_first_block_is_float32_accurate_before_its_bfloat16_rounding():
+    """The one-matmul bfloat16 first block (one-hot context columns, high/low bfloat16 parts) gives
+    relu(x W^T + C) within one bfloat16 rounding of the exact value, as the float32-then-cast block
+    does; shapes and activations it cannot take fall back to that block."""
+    from functools import partial
+
+    from sedflow.flows import MAX_FUSED_CONDITIONS, _first_block, _fused_first_block
+
+    torch.manual_seed(3)
+    relu = torch.nn.ReLU()
+    weight, context = 0.4 * torch.randn(48, 5), 3.0 * torch.randn(7, 48)      # large context terms that cancel
+    x_a = torch.randn(300, 7, 5)
+    exact = torch.relu(x_a.double() @ weight.double().T + context.double())
+    fused = _fused_first_block(context, weight, relu, torch.bfloat16)
+    assert not isinstance(fused, partial)                                       # the fused path is taken
+    for out in (fused(x_a), _first_block(context, weight, relu, torch.bfloat16, x_a)):
+        assert out.dtype == torch.bfloat16 and out.shape == exact.shape
+        assert torch.all((out.double() - exact).abs() <= 2.0 ** -8 * exact.abs() + 1e-4)
+    broadcast = x_a[:, :1]                                                      # one draw set for all conditions
+    assert torch.equal(fused(broadcast), _first_block(context, weight, relu, torch.bfloat16, broadcast))
+    many = torch.randn(MAX_FUSED_CONDITIONS + 1, 48)
+    assert isinstance(_fused_first_block(many, weight, relu, torch.bfloat16), partial)
+    assert isinstance(_fused_first_block(context, weight, torch.nn.Tanh(), torch.bfloat16), partial)
