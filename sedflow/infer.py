@@ -149,10 +149,23 @@ def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray
 
 
 def _summaries(values: np.ndarray) -> dict:
-    """values (n_gal, n_draws) -> {stat: (n_gal,)}."""
-    q = np.percentile(values, list(QUANTILES.values()), axis=1)
-    out = {"mean": values.mean(axis=1), "std": values.std(axis=1)}
-    out.update({k: q[i] for i, k in enumerate(QUANTILES)})
+    """values (n_gal, n_draws) -> {stat: (n_gal,)}: mean, std and the QUANTILES.
+
+    The quantiles are np.percentile's default ("linear") ones, the same numbers, read off one sort
+    of each row: numpy's sort is vectorised, its multi-quantile selection is not (~6x slower on
+    (1,000, 1,000) draws); a row with a NaN draw gets NaN, as from np.percentile.
+    """
+    ordered = np.sort(values, axis=1)          # NaN last
+    n = ordered.shape[1]
+    out = {"mean": ordered.mean(axis=1), "std": ordered.std(axis=1)}
+    has_nan = np.isnan(ordered[:, -1])
+    for name, q in QUANTILES.items():
+        position = (n - 1) * (q / 100)
+        lo = int(np.floor(position))
+        below, above, t = ordered[:, lo], ordered[:, min(lo + 1, n - 1)], position - lo
+        diff = above - below                   # numpy's _lerp, exact at both ends
+        v = above - diff * (1 - t) if t >= 0.5 else below + diff * t
+        out[name] = np.where(has_nan, np.nan, v) if has_nan.any() else v
     return out
 
 

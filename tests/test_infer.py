@@ -199,3 +199,23 @@ def test_hats_input_gives_a_hats_posterior_catalog(tmp_path):
     again = run_inference(tmp_path / "in", out, **kw)
     assert again["partitions_skipped"] == 6 and again["galaxies"] == 60
     pd.testing.assert_frame_equal(lsdb.read_hats(out).compute(), d)
+
+
+def test_summaries_are_numpys_percentiles():
+    """The output quantiles are np.percentile's default ones, bit for bit (any draw count, ties,
+    strided input), mean and std agree to rounding, and a row with a NaN draw gets NaN quantiles."""
+    from sedflow.infer import QUANTILES, _summaries
+
+    rng = np.random.default_rng(0)
+    for shape in [(40, 1000), (6, 10000), (9, 7), (5, 1), (4, 2)]:
+        draws = rng.normal(size=shape + (3,))[:, :, 1]
+        for values in (draws, np.round(draws, 1)):
+            got, q = _summaries(values), np.percentile(values, list(QUANTILES.values()), axis=1)
+            for i, name in enumerate(QUANTILES):
+                np.testing.assert_array_equal(got[name], q[i])
+            np.testing.assert_allclose(got["mean"], values.mean(axis=1), rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(got["std"], values.std(axis=1), rtol=1e-12, atol=1e-15)
+    values = rng.normal(size=(3, 100))
+    values[1, 40] = np.nan
+    got = _summaries(values)
+    assert all(np.isnan(got[name][1]) and np.isfinite(got[name][[0, 2]]).all() for name in got)
