@@ -44,7 +44,7 @@ from sedflow.sps.nebular import DEFAULT_LOGU
 from sedflow.sps.photometry import nanomaggies_to_mag
 from sedflow.storage import claim_output, write_parquet
 
-__all__ = ["simulation_schema", "SimulationConfig", "simulate_rows", "run_simulation", "shard_path", "shard_counts", "PAPER_N"]
+__all__ = ["simulation_schema", "SimulationConfig", "simulate_rows", "observe", "run_simulation", "shard_path", "shard_counts", "PAPER_N"]
 
 PAPER_N = 1_131_561  # size of the SEDflow training set
 MANIFEST = "_simulation.json"
@@ -132,20 +132,11 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
     Returns (columns dict of the schema's columns minus shard/row, counts) with
     ``drawn == kept + cut_sigma_nonpositive + cut_flux_range + unused``.
     """
-    if reported_errors not in REPORTED_ERRORS:
-        raise ValueError(f"reported_errors must be one of {REPORTED_ERRORS}, got {reported_errors!r}")
     if len(model.band_names) != len(noise.bands):
         raise ValueError(f"the SED model has {len(model.band_names)} filters, the noise model {len(noise.bands)} "
                          f"bands {list(noise.bands)}")
+    _check_observation(noise, reported_errors, noise_envelope, min_detected)
     rng = np.random.default_rng(rng)
-    lo_f, hi_f = noise.flux_range[:, 0], noise.flux_range[:, 1]
-    if min_detected is not None:
-        if not 1 <= min_detected <= len(noise.bands):
-            raise ValueError(f"min_detected must be in 1..{len(noise.bands)}, got {min_detected}")
-        faint_err = noise.faint_flux_error()                 # sky-limited flux error per band
-        faint_sigma_mag = noise.faint_mag_err()
-    if noise_envelope is not None and not 0 < noise_envelope[0] <= noise_envelope[1]:
-        raise ValueError(f"noise_envelope must be (lo, hi) with 0 < lo <= hi, got {noise_envelope}")
     parts, counts, kept = [], _Counts(), 0
     while kept < n_rows:
         size = max(1024, min(batch, 2 * (n_rows - kept)))
@@ -155,24 +146,8 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
         else:
             theta, z = draw(size, rng)
         flux_true = model.photometry(theta, z)
-        sigma_mag, ok_sigma = noise.sample_mag_err(nanomaggies_to_mag(flux_true), rng)
-        if noise_envelope is not None:
-            lo, hi = np.log(noise_envelope[0]), np.log(noise_envelope[1])
-            sigma_mag = sigma_mag * np.exp(rng.uniform(lo, hi, sigma_mag.shape))
-        noise_sigma = sigma_mag * flux_true / MAG_ERR_PER_FRAC
-        if min_detected is not None:          # sky-limited: no flux error below the faint end's
-            noise_sigma = np.maximum(noise_sigma, faint_err * sigma_mag / faint_sigma_mag)
-        flux = flux_true + noise_sigma * rng.standard_normal(flux_true.shape)
-        if reported_errors == "true":
-            flux_err = noise_sigma
-        else:
-            flux_err = sigma_mag * np.abs(flux) / MAG_ERR_PER_FRAC
-            if min_detected is not None:
-                flux_err = np.maximum(flux_err, faint_err * sigma_mag / faint_sigma_mag)
-        if min_detected is None:
-            in_range = np.all((flux >= lo_f) & (flux <= hi_f), axis=1)
-        else:
-            in_range = (np.sum((flux >= lo_f) & (flux <= hi_f), axis=1) >= min_detected) & np.all(flux <= hi_f, axis=1)
+        flux, flux_err, ok_sigma, in_range = observe(flux_true, noise, rng, reported_errors, noise_envelope,
+                                                     min_detected)
         keep = ok_sigma & in_range
         counts.add({"drawn": size, "cut_sigma_nonpositive": int((~ok_sigma).sum()),
                     "cut_flux_range": int((ok_sigma & ~in_range).sum())})
@@ -195,6 +170,46 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
         cols[f"mag_err_{b}"] = MAG_ERR_PER_FRAC * flux_err[:, j] / flux[:, j]
     counts["kept"] = int(kept)
     return cols, dict(counts)
+
+
+def _check_observation(noise: NoiseModel, reported_errors: str, noise_envelope, min_detected) -> None:
+    if reported_errors not in REPORTED_ERRORS:
+        raise ValueError(f"reported_errors must be one of {REPORTED_ERRORS}, got {reported_errors!r}")
+    if min_detected is not None and not 1 <= min_detected <= len(noise.bands):
+        raise ValueError(f"min_detected must be in 1..{len(noise.bands)}, got {min_detected}")
+    if noise_envelope is not None and not 0 < noise_envelope[0] <= noise_envelope[1]:
+        raise ValueError(f"noise_envelope must be (lo, hi) with 0 < lo <= hi, got {noise_envelope}")
+
+
+def observe(flux_true: np.ndarray, noise: NoiseModel, rng, reported_errors: str = "observed", noise_envelope=None,
+            min_detected: int | None = None) -> tuple:
+    """One noisy observation of noiseless fluxes (n, n_bands), as `simulate_rows` makes it (its
+    docstring: sigma_mag from the noise model, the envelope, the sky-limited floor, the reported
+    error): ``(flux, flux_err, ok_sigma, in_range)``, the last two the row masks of its cuts
+    (a noise draw with sigma_mag > 0; the flux-range cut). Same draws from ``rng`` as there."""
+    _check_observation(noise, reported_errors, noise_envelope, min_detected)
+    rng = np.random.default_rng(rng)
+    lo_f, hi_f = noise.flux_range[:, 0], noise.flux_range[:, 1]
+    sigma_mag, ok_sigma = noise.sample_mag_err(nanomaggies_to_mag(flux_true), rng)
+    if noise_envelope is not None:
+        lo, hi = np.log(noise_envelope[0]), np.log(noise_envelope[1])
+        sigma_mag = sigma_mag * np.exp(rng.uniform(lo, hi, sigma_mag.shape))
+    noise_sigma = sigma_mag * flux_true / MAG_ERR_PER_FRAC
+    if min_detected is not None:          # sky-limited: no flux error below the faint end's
+        sky = noise.faint_flux_error() * sigma_mag / noise.faint_mag_err()
+        noise_sigma = np.maximum(noise_sigma, sky)
+    flux = flux_true + noise_sigma * rng.standard_normal(flux_true.shape)
+    if reported_errors == "true":
+        flux_err = noise_sigma
+    else:
+        flux_err = sigma_mag * np.abs(flux) / MAG_ERR_PER_FRAC
+        if min_detected is not None:
+            flux_err = np.maximum(flux_err, sky)
+    if min_detected is None:
+        in_range = np.all((flux >= lo_f) & (flux <= hi_f), axis=1)
+    else:
+        in_range = (np.sum((flux >= lo_f) & (flux <= hi_f), axis=1) >= min_detected) & np.all(flux <= hi_f, axis=1)
+    return flux, flux_err, ok_sigma, in_range
 
 
 def _simulate_shard(model, noise, prior, config: SimulationConfig, k: int):
