@@ -7,7 +7,7 @@
     sedflow simulate --n N --out DIR [--shards K] [--seed S] [--noise-model FILE] [--z-range ZMIN ZMAX]
                      [--filters F ...] [--address RAY] [--workers W] [--reported-errors observed|true]
     sedflow train DATA_DIR --out MODEL_DIR [--arch NAME] [--workers W] [--batch-size B] [--max-epochs E]
-                  [--lr-schedule plateau|cosine] [--lr-patience 5] [--address RAY]
+                  [--lr-schedule plateau|cosine] [--lr-patience 5] [--renoise] [--address RAY]
     sedflow mcmc --flux F ... --flux-err E ... --z Z [--model NAME_OR_DIR] [--walkers 30] [--steps 10000]
     sedflow validate --out REPORT_DIR [--model MODEL_DIR] [--n-test 1000] [--samples 10000] [--mcmc 50]
                      [--reference nautilus|zeus] [--repeat-sets K]
@@ -158,7 +158,7 @@ def _train(args) -> int:
               max_epochs=args.max_epochs, lr=args.lr, patience=args.patience, seed=args.seed, address=args.address,
               lr_patience=args.lr_patience, lr_schedule=args.lr_schedule, inputs=args.inputs,
               missing_fraction=args.missing_fraction, infer_redshift=args.infer_redshift,
-              unconstrained=args.unconstrained)
+              unconstrained=args.unconstrained, renoise=args.renoise)
     print(f"trained {args.arch} ({s['parameters']:,} parameters) for {s['epochs']} epochs "
           f"(best {s['best_epoch']}, validation loss {s['best_val_loss']:.4f}) in {s['seconds']:.0f} s; "
           f"artifact in {s['artifact']}")
@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--unconstrained", choices=UNCONSTRAINED_MAPS, default="probit",
                    help="map of the prior's bounded coordinates to R for the flow: probit (default; standard normal "
                         "under the prior, like the flow's base) or logit (the shipped photoz and older models)")
+    t.add_argument("--renoise", action="store_true",
+                   help="a new noise draw and new band masks for every training row each epoch, from its noiseless "
+                        "fluxes and the simulation's noise settings (default: the simulation's one draw)")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")
     t.set_defaults(func=_train)
 

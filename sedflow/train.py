@@ -35,7 +35,8 @@ from sedflow.posterior import (MIN_VALID_BANDS, ARCHITECTURES, BUILDERS, DEFAULT
 from sedflow.prior import PARAM_NAMES, Prior, PriorWithRedshift, prior_from_dict
 from sedflow.sps.photometry import BANDS, SDSS_FILTERS
 
-__all__ = ["train", "training_data", "simulation_bands", "input_layout", "training_prior", "INPUTS", "LR_SCHEDULES"]
+__all__ = ["train", "training_data", "simulation_bands", "input_layout", "training_prior", "renoise_settings",
+           "renoise", "renoised_features", "INPUTS", "LR_SCHEDULES"]
 
 INPUTS = ("mag", "asinh")
 LR_SCHEDULES = ("plateau", "cosine")
@@ -131,6 +132,67 @@ def _read_shard(path, k: int, seed: int, val_fraction: float, layout: InputLayou
     return u, layout.features(x), val
 
 
+RENOISE_TRIES = 30   # redraws of a row's noise before it keeps the simulation's own observation
+
+
+def renoise_settings(manifest: dict) -> dict:
+    """What `renoised_features` needs from a simulation manifest: its noise model and observation settings
+    (`sedflow.simulate.observe`); a clear error for simulations that do not record them."""
+    sim = manifest.get("config") or {}
+    if not manifest.get("noise_model") or not sim:
+        raise ValueError("re-drawing the noise needs the simulation's noise model and settings "
+                         "(_simulation.json with noise_model and config); these simulations lack them")
+    return {"noise_model": manifest["noise_model"], "reported_errors": sim.get("reported_errors", "observed"),
+            "noise_envelope": sim.get("noise_envelope"), "min_detected": sim.get("min_detected")}
+
+
+def _read_observations(path, layout: InputLayout) -> tuple:
+    """(flux_true, flux, flux_err, z) of one shard: the noiseless fluxes and the simulation's own observation."""
+    import pyarrow.parquet as pq
+
+    cols = {kind: [f"{kind}_{b}" for b in layout.bands] for kind in ("flux_true", "flux", "flux_err")}
+    t = pq.read_table(path, columns=[c for v in cols.values() for c in v] + ["z"])
+    return (*(np.column_stack([t.column(c).to_numpy() for c in v]) for v in cols.values()), t.column("z").to_numpy())
+
+
+def renoise(flux_true, flux, flux_err, settings: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A new noisy observation (flux, flux_err) of each row's noiseless fluxes, drawn as the simulation
+    drew its own (`sedflow.simulate.observe`: the same noise model, envelope and cuts; ``settings`` from
+    `renoise_settings`).
+
+    A row whose new draw fails the simulation's cuts is drawn again (up to RENOISE_TRIES times, then it
+    keeps the simulation's observation ``flux, flux_err``, which passed them): each row's observation is
+    then distributed as x | theta, passing the cuts, and the rows as the simulation's, so the training
+    pairs follow the simulation's p(theta, x) (a row dropped on a failed draw would thin the rows whose
+    theta often fails, and a row kept with one would be outside the simulation's support).
+    """
+    from sedflow.noise import NoiseModel
+    from sedflow.simulate import observe
+
+    noise = NoiseModel.from_dict(settings["noise_model"])
+    new_flux, new_err = flux.copy(), flux_err.copy()
+    todo = np.arange(len(flux_true))
+    for _ in range(RENOISE_TRIES):
+        f, e, ok_sigma, in_range = observe(flux_true[todo], noise, rng, settings["reported_errors"],
+                                           settings["noise_envelope"], settings["min_detected"])
+        passed = ok_sigma & in_range
+        new_flux[todo[passed]], new_err[todo[passed]] = f[passed], e[passed]
+        todo = todo[~passed]
+        if not todo.size:
+            break
+    return new_flux, new_err
+
+
+def renoised_features(flux_true, flux, flux_err, z, settings: dict, layout: InputLayout, missing_fraction: float,
+                      rng) -> np.ndarray:
+    """Features (`InputLayout.features`) of a new observation of each row (`renoise`) with new band masks
+    (`mask_bands`): fresh noise every epoch, so the flow cannot learn the training set's noise draws."""
+    new_flux, new_err = renoise(flux_true, flux, flux_err, settings, rng)
+    if missing_fraction:
+        new_flux = mask_bands(new_flux, missing_fraction, rng)
+    return layout.features(layout.observables(new_flux, new_err, z))
+
+
 def _statistics(shards, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0,
                 prior: dict | None = None, sample_rows: int = 200_000) -> dict:
     """Standardisation and OOD thresholds from the training rows, one shard in memory at a time
@@ -194,7 +256,7 @@ def _train_loop(cfg: dict) -> None:
     u_mean, u_std = np.array(std["u_mean"]), np.array(std["u_std"])
 
     # this worker's rows: global row index % world == rank
-    parts, offset = {"train": [], "val": []}, 0
+    parts, offset, observations = {"train": [], "val": []}, 0, []
     for k, p in enumerate(cfg["shards"]):
         u, x, val = _read_shard(p, k, cfg["seed"], cfg["val_fraction"], layout, cfg["missing_fraction"],
                                 cfg["prior"])
@@ -203,7 +265,11 @@ def _train_loop(cfg: dict) -> None:
         for name, sel in (("train", mine & ~val), ("val", mine & val)):
             parts[name].append((((u[sel] - u_mean) / u_std).astype(np.float32),
                                 layout.standardise(x[sel], x_mean, x_std).astype(np.float32)))
+        if cfg["renoise"]:
+            observations.append(tuple(a[mine & ~val] for a in _read_observations(p, layout)))
     data = {k: tuple(torch.from_numpy(np.concatenate(a)) for a in zip(*v)) for k, v in parts.items()}
+    if cfg["renoise"]:
+        observations = tuple(np.concatenate(a) for a in zip(*observations))
 
     net = build_estimator(cfg["arch_kwargs"], n_x=len(layout.names), n_theta=len(u_mean))
     model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
@@ -244,6 +310,10 @@ def _train_loop(cfg: dict) -> None:
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
         model.train()
+        if cfg["renoise"]:      # a new noise draw (and band masks) for every training row; validation keeps its own
+            x_tr = torch.from_numpy(layout.standardise(
+                renoised_features(*observations, cfg["renoise"], layout, cfg["missing_fraction"],
+                                  np.random.default_rng([cfg["seed"], epoch, rank, 1])), x_mean, x_std).astype(np.float32))
         order = torch.from_numpy(np.random.default_rng([cfg["seed"], epoch, rank]).permutation(len(u_tr)))
         total = 0.0
         for b in range(n_batches):
@@ -292,19 +362,22 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
           max_epochs: int = 500, lr: float = 5e-4, patience: int = 20, seed: int = 0,
           val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5, lr_schedule: str = "plateau",
           inputs: str = "mag",
-          missing_fraction: float | None = None, infer_redshift: bool = False, unconstrained: str = "probit") -> dict:
+          missing_fraction: float | None = None, infer_redshift: bool = False, unconstrained: str = "probit",
+          renoise: bool = False) -> dict:
     """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
 
     ``inputs``: the x layout (`sedflow.posterior.InputLayout`): ``"mag"`` (SEDflow's log magnitudes)
     or ``"asinh"`` (asinh magnitudes softened from the noise model, with missing-band flags: models
     that take non-detections and galaxies with missing bands). ``missing_fraction``: share of the
     training rows that lose 1-2 random bands (asinh only; default 0.2, 0 with 3 bands or fewer). The
-    masks are drawn once per row (seeded by the split seed and shard), not anew each epoch.
+    masks are drawn once per row (seeded by the split seed and shard), not anew each epoch (with ``renoise``: anew).
     ``infer_redshift``: a photo-z model, q(theta, z | photometry) with z's prior uniform on the
     simulated range (`training_prior`); the artifact records it in its prior, and x has no z.
     ``unconstrained``: the map of the prior's box coordinates to R the flow works in (`sedflow.prior`):
     ``"probit"`` (default: standard normal under the prior, like the flow's base) or ``"logit"``
     (the shipped ``photoz`` and older models).
+    ``renoise``: every epoch, a new noise draw and new band masks for each training row from its
+    noiseless fluxes (`renoised_features`), instead of the simulation's one draw for all epochs.
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
     """
@@ -340,6 +413,13 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                          "hold: train with inputs='asinh' (--inputs asinh)")
     if missing_fraction and len(bands) <= MIN_VALID_BANDS:
         raise ValueError(f"{len(bands)} bands leave none to mask (a galaxy keeps at least {MIN_VALID_BANDS})")
+    noise_settings = renoise_settings(manifest) if renoise else None
+    if renoise:
+        import pyarrow.parquet as pq
+
+        lacking = [c for c in (f"flux_true_{b}" for b in bands) if c not in pq.read_schema(shards[0]).names]
+        if lacking:
+            raise ValueError(f"re-drawing the noise needs the noiseless fluxes; {shards[0]} lacks {lacking}")
     t0 = time.perf_counter()
     stats_path = out / "training_statistics.json"
     if stats_path.exists():   # a resumed run must keep the standardisation of the original
@@ -348,19 +428,19 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                 or stats.get("x_layout", {"kind": "mag"})["kind"] != layout.kind
                 or stats.get("missing_fraction", 0.0) != missing_fraction
                 or stats.get("x_layout", {}).get("redshift", True) != layout.redshift
-                or stats.get("prior", {}) != prior.to_dict()):
+                or stats.get("prior", {}) != prior.to_dict() or stats.get("renoise", False) != renoise):
             raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
     else:
         stats = {**_statistics(shards, seed, val_fraction, layout, missing_fraction, prior.to_dict()),
                  "fingerprint": fingerprint, "seed": seed, "x_layout": layout.to_dict(),
-                 "missing_fraction": missing_fraction, "prior": prior.to_dict()}
+                 "missing_fraction": missing_fraction, "prior": prior.to_dict(), "renoise": renoise}
         stats_path.write_text(json.dumps({k: v for k, v in stats.items() if k != "ood"}))
 
     with ray_session(address):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         cfg = {"shards": [str(p.resolve()) for p in shards], "seed": seed, "val_fraction": val_fraction,
                "bands": list(bands), "x_layout": layout.to_dict(), "missing_fraction": missing_fraction,
-               "prior": prior.to_dict(),
+               "prior": prior.to_dict(), "renoise": noise_settings,
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
                "lr_patience": lr_patience, "lr_schedule": lr_schedule, "threads_per_worker": max(1, cpus // workers)}
@@ -414,7 +494,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         "training": {"optimizer": "Adam", "lr": lr, "lr_patience": lr_patience,
                      "lr_schedule": ("CosineAnnealingLR(T_max=max_epochs)" if lr_schedule == "cosine" else
                                      "ReduceLROnPlateau(factor=0.5, patience=lr_patience)" if lr_patience else "constant"),
-                     "batch_size": batch_size, "workers": workers,
+                     "batch_size": batch_size, "workers": workers, "renoise": renoise,
                      "max_epochs": max_epochs, "patience": patience, "epochs": state["epoch"],
                      "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"],
                      "wall_seconds_this_run": time.perf_counter() - t0},

@@ -162,9 +162,44 @@ def _cosine_lr(lr, epoch, max_epochs):
 
 
 def test_cosine_schedule_anneals_over_max_epochs(sims, tmp_path):
+    """(with fresh noise every epoch: the option is recorded, and a run is not resumed without it)"""
     hist = train(sims, tmp_path / "m", workers=1, max_epochs=3, batch_size=512, lr=1e-3,
-                 lr_schedule="cosine")["history"]
+                 lr_schedule="cosine", renoise=True)["history"]
     assert [h["lr"] for h in hist] == pytest.approx([1e-3, 7.5e-4, 2.5e-4])
+    assert load_model(tmp_path / "m").config["training"]["renoise"] is True
+    assert np.isfinite([h["val_loss"] for h in hist]).all()
+    with pytest.raises(ValueError, match="other data or seed"):
+        train(sims, tmp_path / "m", workers=1, max_epochs=4, batch_size=512, lr_schedule="cosine")
+
+
+def test_renoised_observations_follow_the_simulation(sed_model, prior):
+    """Each epoch's new noise draw (`renoise`) is distributed as the simulation's own: the same feature
+    means (paired, within 4 standard errors) and spreads, every row inside the simulation's cuts, new
+    values for (nearly) every row, reproducible from the generator."""
+    from sedflow.noise import NoiseModel
+    from sedflow.posterior import InputLayout
+    from sedflow.simulate import simulate_rows
+    from sedflow.train import renoise, renoised_features
+
+    noise = NoiseModel.default()
+    settings = {"noise_model": noise.to_dict(), "reported_errors": "observed", "noise_envelope": (0.5, 20.0),
+                "min_detected": 3}
+    cols, _ = simulate_rows(sed_model, noise, prior, 4000, np.random.default_rng(2), z_max=0.2,
+                            noise_envelope=(0.5, 20.0), min_detected=3)
+    flux_true, flux, err = (np.column_stack([cols[f"{k}_{b}"] for b in BANDS]) for k in ("flux_true", "flux", "flux_err"))
+    new_flux, new_err = renoise(flux_true, flux, err, settings, np.random.default_rng(5))
+    again = renoise(flux_true, flux, err, settings, np.random.default_rng(5))
+    np.testing.assert_array_equal(new_flux, again[0])
+    assert np.mean(new_flux[:, 2] != flux[:, 2]) > 0.98        # the rest rarely pass the cuts: their own draw
+    lo, hi = noise.flux_range[:, 0], noise.flux_range[:, 1]
+    assert np.all(((new_flux >= lo) & (new_flux <= hi)).sum(axis=1) >= 3) and np.all(new_flux <= hi)
+    layout = InputLayout(BANDS, "asinh", tuple(1.042 * noise.faint_flux_error()))
+    stored = layout.features(layout.observables(flux, err, cols["z"]))
+    new = renoised_features(flux_true, flux, err, cols["z"], settings, layout, 0.0, np.random.default_rng(5))
+    for j in range(2 * len(BANDS)):                     # asinh mags and their errors
+        d = new[:, j] - stored[:, j]
+        assert abs(d.mean()) < 4 * d.std() / np.sqrt(len(d)), layout.names[j]
+        assert new[:, j].std() == pytest.approx(stored[:, j].std(), rel=0.03), layout.names[j]
 
 
 def test_shipped_model_lr_schedule_followed_the_rule():
