@@ -180,10 +180,23 @@ class InputLayout:
                 return np.column_stack([nanomaggies_to_mag(flux), MAG_ERR_PER_FRAC * err / flux, *zcol])
             s = np.asarray(self.softening)
             miss = self.missing(flux, err)
-            mu = 22.5 - ASINH * (np.arcsinh(flux / (2 * s)) + np.log(s))
-            sigma = ASINH * err / np.sqrt(flux**2 + 4 * s**2)
+            nb = len(self.bands)
+            out = np.empty((flux.shape[0], 3 * nb + len(zcol)))     # written in place: large catalogs
+            mu, sigma = out[:, :nb], out[:, nb:2 * nb]
+            np.divide(flux, 2 * s, out=mu)                             # 22.5 - ASINH (asinh(f / 2s) + ln s)
+            np.arcsinh(mu, out=mu)
+            mu += np.log(s)
+            mu *= ASINH
+            np.subtract(22.5, mu, out=mu)
+            np.multiply(flux, flux, out=sigma)                         # ASINH err / sqrt(f^2 + 4 s^2)
+            sigma += 4 * s**2
+            np.sqrt(sigma, out=sigma)
+            np.divide(ASINH * err, sigma, out=sigma)
             mu[miss], sigma[miss] = np.nan, np.nan
-            return np.column_stack([mu, sigma, *zcol, miss.astype(float)])
+            if zcol:
+                out[:, 2 * nb] = zcol[0]
+            out[:, 2 * nb + len(zcol):] = miss
+            return out
 
     def features(self, x) -> np.ndarray:
         """x -> network features before standardisation: log10 of the errors."""
