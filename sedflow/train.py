@@ -193,6 +193,20 @@ def renoised_features(flux_true, flux, flux_err, z, settings: dict, layout: Inpu
     return layout.features(layout.observables(new_flux, new_err, z))
 
 
+RENOISE_CHUNK = 131_072   # rows per step: temporaries of a few MB stay in the heap and in cache
+
+
+def _renoised_inputs(observations, cfg: dict, layout: InputLayout, x_mean, x_std, rng) -> np.ndarray:
+    """The worker's standardised float32 training inputs with fresh noise (`renoised_features`), in chunks."""
+    n = len(observations[0])
+    out = np.empty((n, len(layout.names)), np.float32)
+    for start in range(0, n, RENOISE_CHUNK):
+        rows = slice(start, start + RENOISE_CHUNK)
+        out[rows] = layout.standardise(renoised_features(*(a[rows] for a in observations), cfg["renoise"], layout,
+                                                         cfg["missing_fraction"], rng), x_mean, x_std)
+    return out
+
+
 def _statistics(shards, seed: int, val_fraction: float, layout: InputLayout, missing_fraction: float = 0.0,
                 prior: dict | None = None, sample_rows: int = 200_000) -> dict:
     """Standardisation and OOD thresholds from the training rows, one shard in memory at a time
@@ -311,9 +325,8 @@ def _train_loop(cfg: dict) -> None:
         t0 = time.perf_counter()
         model.train()
         if cfg["renoise"]:      # a new noise draw (and band masks) for every training row; validation keeps its own
-            x_tr = torch.from_numpy(layout.standardise(
-                renoised_features(*observations, cfg["renoise"], layout, cfg["missing_fraction"],
-                                  np.random.default_rng([cfg["seed"], epoch, rank, 1])), x_mean, x_std).astype(np.float32))
+            x_tr = torch.from_numpy(_renoised_inputs(observations, cfg, layout, x_mean, x_std,
+                                                     np.random.default_rng([cfg["seed"], epoch, rank, 1])))
         order = torch.from_numpy(np.random.default_rng([cfg["seed"], epoch, rank]).permutation(len(u_tr)))
         total = 0.0
         for b in range(n_batches):
