@@ -31,6 +31,8 @@ def test_shipped_artifact(post):
     # trained on errors reported as catalogs report them (sedflow.simulate.simulate_rows), not on
     # the convention that gives the noise draw away
     assert cfg["simulation"]["reported_errors"] == "observed"
+    # and on a new noise draw of every row each epoch (sedflow.train.renoise), not one draw for all
+    assert cfg["training"]["renoise"] is True
 
 
 def test_shipped_data_is_found_by_name():
