@@ -53,8 +53,8 @@ class ContextCachedCoupling(GeneralCouplingTransform):
     context columns (and bias) to ``c`` once and the returned transform adds that to
     ``W_a x_a`` for each draw, then runs the rest of the network. The parameters and the
     function are zuko's (`tests/test_flows.py` checks both give the same numbers).
-    ``compute_dtype`` (float32; bfloat16 inside `sampling_precision`) is the dtype of the layers
-    after the first.
+    ``compute_dtype`` (float32; bfloat16 inside `sampling_precision`) is the dtype of the first
+    layer's output and of the layers after it (in bfloat16 the first layer is `_fused_first_block`).
     """
 
     compute_dtype = torch.float32
