@@ -125,7 +125,8 @@ def _fused_first_block(context_term, weight_a, activation, dtype):
     as on the unfused path. Other shapes and activations take `_first_block`."""
     generic = partial(_first_block, context_term, weight_a, activation, dtype)
     n_cond = context_term.shape[0] if context_term.dim() == 2 else 0
-    if not (dtype == torch.bfloat16 and isinstance(activation, torch.nn.ReLU) and 0 < n_cond <= MAX_FUSED_CONDITIONS):
+    if not (dtype == torch.bfloat16 and isinstance(activation, torch.nn.ReLU) and 0 < n_cond <= MAX_FUSED_CONDITIONS
+            and not torch.is_grad_enabled()):      # oneDNN's fused kernel has no backward: training takes the other path
         return generic
     w_hi, w_lo = _hi_lo(weight_a)
     c_hi, c_lo = _hi_lo(context_term)
@@ -159,8 +160,9 @@ _FUSED = {"linear_relu": hasattr(torch.ops.mkldnn, "_linear_pointwise")}
 
 def _linear_relu(phi, weight, bias):
     """relu(F.linear(phi, weight, bias)) through oneDNN's fused kernel (the one torch.compile's CPU
-    backend emits; ~1.1x the two ops on the shipped model in bfloat16), the two ops where it is missing."""
-    if _FUSED["linear_relu"]:
+    backend emits; ~1.1x the two ops on the shipped model in bfloat16), the two ops where it is missing
+    or where gradients are needed (the fused kernel has no backward)."""
+    if _FUSED["linear_relu"] and not torch.is_grad_enabled():
         try:
             return torch.ops.mkldnn._linear_pointwise(phi, weight, bias, "relu", [], "")
         except RuntimeError:

@@ -260,6 +260,8 @@ def _train_loop(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from sedflow.flows import sampling_precision
+
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg["threads_per_worker"])
@@ -320,54 +322,56 @@ def _train_loop(cfg: dict) -> None:
     n_batches = int(all_reduce([len(u_tr) // batch], dist.ReduceOp.MIN if world > 1 else None)[0])
     if n_batches < 1:
         raise ValueError(f"batch size {cfg['batch_size']} exceeds the training rows per worker ({len(u_tr)})")
-    while state["epoch"] < cfg["max_epochs"] and state["epoch"] - state["best_epoch"] < cfg["patience"]:
-        epoch = state["epoch"] + 1
-        t0 = time.perf_counter()
-        model.train()
-        if cfg["renoise"]:      # a new noise draw (and band masks) for every training row; validation keeps its own
-            x_tr = torch.from_numpy(_renoised_inputs(observations, cfg, layout, x_mean, x_std,
-                                                     np.random.default_rng([cfg["seed"], epoch, rank, 1])))
-        order = torch.from_numpy(np.random.default_rng([cfg["seed"], epoch, rank]).permutation(len(u_tr)))
-        total = 0.0
-        for b in range(n_batches):
-            idx = order[b * batch:(b + 1) * batch]
-            loss = model(u_tr[idx], x_tr[idx]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        model.eval()
-        with torch.no_grad():
-            u_va, x_va = data["val"]
-            val_sum = float(sum(model(u_va[i:i + 65536], x_va[i:i + 65536]).sum().item()
-                                for i in range(0, len(u_va), 65536)))
-        train_loss, val_sum, val_n = all_reduce([total / n_batches, val_sum, len(u_va)], dist.ReduceOp.SUM
-                                                if world > 1 else None)
-        metrics = {"epoch": epoch, "train_loss": train_loss / world, "val_loss": val_sum / max(val_n, 1),
-                   "epoch_seconds": time.perf_counter() - t0, "workers": world, "lr": opt.param_groups[0]["lr"]}
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(metrics["val_loss"])
-        elif sched is not None:
-            sched.step()
-        state["epoch"] = epoch
-        state["history"].append(metrics)
-        if metrics["val_loss"] < state["best_val"]:
-            state["best_val"], state["best_epoch"] = metrics["val_loss"], epoch
-            state["best_net"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        metrics = {**metrics, "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"]}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                saved = {"net": net.state_dict(), "optimizer": opt.state_dict(), **state}
-                if sched is not None:
-                    saved["scheduler"] = sched.state_dict()
-                torch.save(saved, Path(tmp) / "state.pt")
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                print(f"[sedflow train] epoch {epoch:4d}  train {metrics['train_loss']:.4f}  "
-                      f"val {metrics['val_loss']:.4f}  best {state['best_val']:.4f} (epoch {state['best_epoch']})  "
-                      f"lr {metrics['lr']:.2g}  "
-                      f"{metrics['epoch_seconds']:.1f} s", flush=True)
-            ray.train.report(metrics, checkpoint=checkpoint)
+    # "bfloat16": the hidden layers in the sampler's bfloat16 arithmetic (first layer and affine maps float32)
+    with sampling_precision(net, cfg["precision"]):
+        while state["epoch"] < cfg["max_epochs"] and state["epoch"] - state["best_epoch"] < cfg["patience"]:
+            epoch = state["epoch"] + 1
+            t0 = time.perf_counter()
+            model.train()
+            if cfg["renoise"]:      # a new noise draw (and band masks) for every training row; validation keeps its own
+                x_tr = torch.from_numpy(_renoised_inputs(observations, cfg, layout, x_mean, x_std,
+                                                         np.random.default_rng([cfg["seed"], epoch, rank, 1])))
+            order = torch.from_numpy(np.random.default_rng([cfg["seed"], epoch, rank]).permutation(len(u_tr)))
+            total = 0.0
+            for b in range(n_batches):
+                idx = order[b * batch:(b + 1) * batch]
+                loss = model(u_tr[idx], x_tr[idx]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item()
+            model.eval()
+            with torch.no_grad():
+                u_va, x_va = data["val"]
+                val_sum = float(sum(model(u_va[i:i + 65536], x_va[i:i + 65536]).sum().item()
+                                    for i in range(0, len(u_va), 65536)))
+            train_loss, val_sum, val_n = all_reduce([total / n_batches, val_sum, len(u_va)], dist.ReduceOp.SUM
+                                                    if world > 1 else None)
+            metrics = {"epoch": epoch, "train_loss": train_loss / world, "val_loss": val_sum / max(val_n, 1),
+                       "epoch_seconds": time.perf_counter() - t0, "workers": world, "lr": opt.param_groups[0]["lr"]}
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(metrics["val_loss"])
+            elif sched is not None:
+                sched.step()
+            state["epoch"] = epoch
+            state["history"].append(metrics)
+            if metrics["val_loss"] < state["best_val"]:
+                state["best_val"], state["best_epoch"] = metrics["val_loss"], epoch
+                state["best_net"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            metrics = {**metrics, "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"]}
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    saved = {"net": net.state_dict(), "optimizer": opt.state_dict(), **state}
+                    if sched is not None:
+                        saved["scheduler"] = sched.state_dict()
+                    torch.save(saved, Path(tmp) / "state.pt")
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                    print(f"[sedflow train] epoch {epoch:4d}  train {metrics['train_loss']:.4f}  "
+                          f"val {metrics['val_loss']:.4f}  best {state['best_val']:.4f} (epoch {state['best_epoch']})  "
+                          f"lr {metrics['lr']:.2g}  "
+                          f"{metrics['epoch_seconds']:.1f} s", flush=True)
+                ray.train.report(metrics, checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------- driver
@@ -376,7 +380,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
           val_fraction: float = 0.1, address: str | None = None, lr_patience: int = 5, lr_schedule: str = "plateau",
           inputs: str = "mag",
           missing_fraction: float | None = None, infer_redshift: bool = False, unconstrained: str = "probit",
-          renoise: bool = False) -> dict:
+          renoise: bool = False, precision: str = "float32") -> dict:
     """Train a posterior on the shards in ``data_dir``; write the artifact to ``out_dir``.
 
     ``inputs``: the x layout (`sedflow.posterior.InputLayout`): ``"mag"`` (SEDflow's log magnitudes)
@@ -391,6 +395,10 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     (the shipped ``photoz`` and older models).
     ``renoise``: every epoch, a new noise draw and new band masks for each training row from its
     noiseless fluxes (`renoised_features`), instead of the simulation's one draw for all epochs.
+    ``precision``: ``"float32"`` or ``"bfloat16"``, the arithmetic of the couplings' hidden layers
+    in training, as `sedflow.flows.sampling_precision` sets it for sampling (first layer
+    float32-accurate, affine maps float32, weights and Adam float32; ~1.35-1.6x the training steps/s
+    on a CPU with AMX; realnvp only).
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
     """
@@ -407,6 +415,10 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
         raise ValueError("workers, batch_size and max_epochs must be >= 1")
     if lr_patience < 0:
         raise ValueError(f"lr_patience must be >= 0 (0: constant lr), got {lr_patience}")
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+    if precision == "bfloat16" and ARCHITECTURES[arch].get("model") != "sedflow_realnvp":
+        raise ValueError("bfloat16 training needs a realnvp (context-cached coupling) architecture")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     out = Path(out_dir).resolve()
@@ -456,7 +468,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                "prior": prior.to_dict(), "renoise": noise_settings,
                "standardization": stats["standardization"], "arch_kwargs": ARCHITECTURES[arch],
                "batch_size": batch_size, "lr": lr, "max_epochs": max_epochs, "patience": patience,
-               "lr_patience": lr_patience, "lr_schedule": lr_schedule, "threads_per_worker": max(1, cpus // workers)}
+               "lr_patience": lr_patience, "lr_schedule": lr_schedule, "precision": precision,
+               "threads_per_worker": max(1, cpus // workers)}
         trainer = TorchTrainer(
             _train_loop, train_loop_config=cfg,
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
@@ -508,6 +521,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                      "lr_schedule": ("CosineAnnealingLR(T_max=max_epochs)" if lr_schedule == "cosine" else
                                      "ReduceLROnPlateau(factor=0.5, patience=lr_patience)" if lr_patience else "constant"),
                      "batch_size": batch_size, "workers": workers, "renoise": renoise,
+                     "precision": precision,
                      "max_epochs": max_epochs, "patience": patience, "epochs": state["epoch"],
                      "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"],
                      "wall_seconds_this_run": time.perf_counter() - t0},

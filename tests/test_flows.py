@@ -142,6 +142,7 @@ def test_bfloat16_path_for_any_depth(hidden):
     np.testing.assert_allclose(bf16.numpy(), ref.numpy(), atol=0.05 * float(ref.std()))
 
 
+@torch.no_grad()                      # as in sampling; with gradients the fused path steps aside (test below)
 def test_fused_first_block_is_float32_accurate_before_its_bfloat16_rounding():
     """The one-matmul bfloat16 first block (one-hot context columns, high/low bfloat16 parts) gives
     relu(x W^T + C) within one bfloat16 rounding of the exact value, as the float32-then-cast block
@@ -165,3 +166,31 @@ def test_fused_first_block_is_float32_accurate_before_its_bfloat16_rounding():
     many = torch.randn(MAX_FUSED_CONDITIONS + 1, 48)
     assert isinstance(_fused_first_block(many, weight, relu, torch.bfloat16), partial)
     assert isinstance(_fused_first_block(context, weight, torch.nn.Tanh(), torch.bfloat16), partial)
+
+
+@pytest.mark.parametrize("batch", [40, 1024])        # 40 <= MAX_FUSED_CONDITIONS: the fused kernel must step aside
+def test_bfloat16_training_gradients_follow_the_float32_ones(batch):
+    """`sedflow train --precision bfloat16` runs the loss through the sampler's bfloat16 path with
+    autograd: the loss within 1e-2 nats of float32, its gradient pointing the same way (cosine > 0.99)."""
+    from sedflow.flows import sampling_precision
+    from sedflow.train import _nll_module
+
+    torch.manual_seed(0)
+    net = realnvp(11, 16, (160, 160), 5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model = _nll_module(net)
+    u, x = torch.randn(batch, 11), torch.randn(batch, 16)
+
+    def loss_and_grad():
+        net.zero_grad()
+        loss = model(u, x).mean()
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    ref_loss, ref_grad = loss_and_grad()
+    with sampling_precision(net, "bfloat16"):
+        loss, grad = loss_and_grad()
+    assert loss != ref_loss and abs(loss - ref_loss) < 1e-2     # the bfloat16 path did run, and stays close
+    assert float(torch.nn.functional.cosine_similarity(grad, ref_grad, dim=0)) > 0.99

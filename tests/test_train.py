@@ -152,8 +152,12 @@ def _check_plateau_rule(hist, lr, lr_patience, best=float("inf"), bad=0):
 
 
 def test_lr_is_recorded_and_follows_the_plateau_rule(sims, tmp_path):
-    hist = train(sims, tmp_path / "m", workers=1, max_epochs=3, batch_size=512, lr=1e-3, lr_patience=1)["history"]
+    """(trained with bfloat16 hidden layers: it learns, and the artifact records the precision)"""
+    hist = train(sims, tmp_path / "m", workers=1, max_epochs=3, batch_size=512, lr=1e-3, lr_patience=1,
+                 precision="bfloat16")["history"]
     _check_plateau_rule(hist, 1e-3, 1)
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"]
+    assert load_model(tmp_path / "m").config["training"]["precision"] == "bfloat16"
 
 
 def _cosine_lr(lr, epoch, max_epochs):
@@ -238,6 +242,10 @@ def test_bad_training_requests(sims, tmp_path):
         train(sims, tmp_path / "m", lr_schedule="step")
     with pytest.raises(ValueError, match="unconstrained"):
         train(sims, tmp_path / "m", unconstrained="tanh")
+    with pytest.raises(ValueError, match="precision must be"):
+        train(sims, tmp_path / "m", precision="float16")
+    with pytest.raises(ValueError, match="bfloat16 training needs a realnvp"):
+        train(sims, tmp_path / "m", arch="coupling", precision="bfloat16")
 
 
 def test_every_architecture_builds_samples_and_scores():
