@@ -69,5 +69,6 @@ def run(quick: bool = False) -> dict:
         rows.append(row(f"{DEFAULT_ARCH}, batch {BATCH}, {CPUS} threads", me, "samples/s", peer, rates[peer][0]))
         rows.append(row(f"{DEFAULT_ARCH} parameters", n_me, "", peer, rates[peer][1]))
     return {"batch_size": BATCH, "threads": CPUS, "min_time_s": min_time,
-            "samples_per_s": {a: r[0] for a, r in rates.items()}, "bfloat16_samples_per_s": bf16, "parameters": {a: r[1] for a, r in rates.items()},
+            "samples_per_s": {a: r[0] for a, r in rates.items()}, "bfloat16_samples_per_s": bf16,
+            "parameters": {a: r[1] for a, r in rates.items()},
             "rows": rows}

@@ -126,7 +126,7 @@ def _fused_first_block(context_term, weight_a, activation, dtype):
     generic = partial(_first_block, context_term, weight_a, activation, dtype)
     n_cond = context_term.shape[0] if context_term.dim() == 2 else 0
     if not (dtype == torch.bfloat16 and isinstance(activation, torch.nn.ReLU) and 0 < n_cond <= MAX_FUSED_CONDITIONS
-            and not torch.is_grad_enabled()):      # oneDNN's fused kernel has no backward: training takes the other path
+            and not torch.is_grad_enabled()):      # the fused kernel has no backward: training takes `_first_block`
         return generic
     w_hi, w_lo = _hi_lo(weight_a)
     c_hi, c_lo = _hi_lo(context_term)
