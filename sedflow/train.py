@@ -288,7 +288,9 @@ def _train_loop(cfg: dict) -> None:
         observations = tuple(np.concatenate(a) for a in zip(*observations))
 
     net = build_estimator(cfg["arch_kwargs"], n_x=len(layout.names), n_theta=len(u_mean))
-    model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None)
+    # the buffers (coupling masks, base distribution) are constants: no broadcast before every step
+    model = ray.train.torch.prepare_model(_nll_module(net), parallel_strategy="ddp" if world > 1 else None,
+                                          parallel_strategy_kwargs={"broadcast_buffers": False})
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     # plateau: lr x 1/2 after lr_patience epochs without a better validation loss (0: constant lr);
     # cosine: lr -> 0 over max_epochs
