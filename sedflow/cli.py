@@ -11,7 +11,7 @@
                   [--precision float32|bfloat16] [--address RAY]
     sedflow mcmc --flux F ... --flux-err E ... --z Z [--model NAME_OR_DIR] [--walkers 30] [--steps 10000]
     sedflow validate --out REPORT_DIR [--model MODEL_DIR] [--n-test 1000] [--samples 10000] [--mcmc 50]
-                     [--reference nautilus|zeus] [--repeat-sets K]
+                     [--reference nautilus|zeus] [--likelihood catalog|simulator] [--repeat-sets K]
                      [--mcmc-dir DIR] [--address RAY]
     sedflow run [--out DIR]                                the main job on embedded defaults
     sedflow infer CATALOG_DIR --out OUT_DIR [--model DIR] [--samples N] [--keep-samples K]
@@ -210,7 +210,8 @@ def _validate(args) -> int:
     m = validate(args.out, model_path=args.model, n_test=args.n_test, n_samples=args.samples, n_mcmc=args.mcmc,
                  catalog=args.catalog, catalog_spec=args.spec, reference=args.reference, mcmc_options=options,
                  address=args.address, mcmc_dir=args.mcmc_dir, baseline=args.baseline, specz_model=args.specz_model,
-                 photoz_samples=args.photoz_samples, precision=args.precision, repeat_sets=args.repeat_sets)
+                 photoz_samples=args.photoz_samples, precision=args.precision, repeat_sets=args.repeat_sets,
+                 likelihood=args.likelihood)
     cal = m["calibration"]["passes"]
     print(f"report: {Path(args.out) / 'report.md'}; SBC {'pass' if cal['sbc'] else 'FAIL'}, "
           f"p-p {'pass' if cal['pp'] else 'FAIL'}"
@@ -470,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a missing band)")
     v.add_argument("--reference", choices=["nautilus", "zeus"], default="nautilus",
                    help="reference sampler: nautilus nested sampling (default; converges) or the paper's zeus MCMC")
+    v.add_argument("--likelihood", choices=["catalog", "simulator"], default="catalog",
+                   help="the reference's likelihood: catalog (default; the paper's Eq. 1, sigma = the reported "
+                        "error) or simulator (sigma follows the model flux as in the training simulations: the "
+                        "posterior the flow learns)")
     v.add_argument("--nested-live", type=int, default=500, help="nautilus live points (default 500)")
     v.add_argument("--nested-eff", type=int, default=2000, help="nautilus effective sample size (default 2000)")
     v.add_argument("--mcmc-walkers", type=int, default=30, help="zeus walkers")

@@ -9,7 +9,9 @@ Target (paper Eq. 1): a Gaussian likelihood in flux,
 
     log L(theta) = -1/2 sum_b ((f_b(theta, z) - f_obs_b) / sigma_b)^2,   f in nanomaggies,
 
-with f_b from `SEDModel.photometry`, times the `Prior`. The walkers move in the prior's
+with f_b from `SEDModel.photometry`, times the `Prior`. ``sky_flux`` gives instead the likelihood of
+the simulations (`simulator_flux_error`): sigma_b follows the model flux as the simulated noise
+did, with the Gaussian's normalisation. The walkers move in the prior's
 11-dimensional unconstrained space u (`Prior.to_unconstrained`: stick-breaking warp of the
 Dirichlet betas, log gamma, logit or probit of every bounded coordinate), where the posterior is smooth,
 unbounded and has no hard walls:
@@ -84,8 +86,8 @@ from sedflow.storage import write_parquet
 if TYPE_CHECKING:
     from sedflow.sps.model import SEDModel
 
-__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "check_measurements", "check_prior", "free_redshift_prior", "split_rhat",
-           "write_samples", "read_samples",
+__all__ = ["McmcResult", "run_mcmc", "log_likelihood", "simulator_flux_error", "check_measurements", "check_prior",
+           "check_sky_flux", "free_redshift_prior", "split_rhat", "write_samples", "read_samples",
            "PAPER_WALKERS", "PAPER_STEPS", "PAPER_BURN_IN"]
 
 PAPER_WALKERS = 30       # [paper] Sec. 5 / PROVABGS
@@ -176,19 +178,37 @@ class McmcResult:
 # likelihood and diagnostics
 # ----------------------------------------------------------------------------------------------
 
-def log_likelihood(model, theta, z, flux, flux_err) -> np.ndarray:
+def log_likelihood(model, theta, z, flux, flux_err, sky_flux=None) -> np.ndarray:
     """Gaussian log-likelihood in flux (Hahn & Melchior 2022, Eq. 1), shape (n,).
 
     theta (n, 12) inside the prior; with ``z=None`` theta (n, 13), z its last column (a free
-    redshift, `PriorWithRedshift`). flux, flux_err (n_bands,) in nanomaggies. Non-finite model
-    fluxes give ``-inf``.
+    redshift, `PriorWithRedshift`). flux, flux_err (n_bands,) in nanomaggies (an unmeasured band:
+    infinite error, `check_measurements`). ``sky_flux`` None: sigma_b = flux_err_b, fixed (Eq. 1).
+    ``sky_flux`` (n_bands,): the simulations' likelihood, sigma_b = `simulator_flux_error` at the
+    model flux, normalisation included. Non-finite model fluxes give ``-inf``.
     """
     if z is None:
         theta, z = theta[:, :-1], theta[:, -1]
     f = model.photometry(theta, z)
-    with np.errstate(invalid="ignore", over="ignore"):
-        ll = -0.5 * np.sum(((f - flux) / flux_err) ** 2, axis=1)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if sky_flux is None:
+            ll = -0.5 * np.sum(((f - flux) / flux_err) ** 2, axis=1)
+        else:
+            measured = np.isfinite(flux_err)
+            sigma = simulator_flux_error(f[:, measured], flux[measured], flux_err[measured],
+                                         np.asarray(sky_flux, float)[measured])
+            ll = -np.sum(0.5 * ((f[:, measured] - flux[measured]) / sigma) ** 2 + np.log(sigma), axis=1)
     return np.where(np.isfinite(ll), ll, -np.inf)
+
+
+def simulator_flux_error(model_flux, flux, flux_err, sky_flux) -> np.ndarray:
+    """The 1-sigma noise a simulated galaxy of noiseless flux ``model_flux`` had, given its reported
+    ``flux`` and ``flux_err`` (`sedflow.simulate.observe` with ``min_detected``, errors reported
+    from the observed flux): there sigma = s max(f_true, sky_flux) / 1.0857 and the reported error
+    s max(|f_obs|, sky_flux) / 1.0857, with s the galaxy's sigma_mag in that band (noise model and
+    envelope), so sigma = flux_err max(model_flux, sky_flux) / max(|flux|, sky_flux). ``sky_flux``:
+    `sedflow.noise.NoiseModel.sky_limited_flux`. Shapes broadcast (model_flux (n, n_bands))."""
+    return flux_err * np.maximum(model_flux, sky_flux) / np.maximum(np.abs(flux), sky_flux)
 
 
 def split_rhat(chain) -> np.ndarray:
@@ -319,6 +339,18 @@ def check_measurements(model, flux, flux_err, z):
     return flux, flux_err, z
 
 
+def check_sky_flux(model, sky_flux):
+    """``sky_flux`` as a float array of one positive flux per band of ``model`` (None stays None)."""
+    if sky_flux is None:
+        return None
+    nb = len(model.band_names)
+    sky = np.asarray(sky_flux, dtype=float)
+    if sky.shape != (nb,) or not np.all(np.isfinite(sky) & (sky > 0)):
+        raise ValueError(f"sky_flux must be {nb} positive fluxes (bands {', '.join(model.band_names)}), "
+                         f"got {sky_flux!r}")
+    return sky
+
+
 def check_prior(model, prior):
     """Refuse a prior that reaches outside the SED model's (parameters, and a free z's range)."""
     if isinstance(prior, PriorWithRedshift):
@@ -401,7 +433,7 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
              thin: int = 1, seed=None, progress: bool = False, init=None, *, init_draws: int = 10_000,
              init_scale: float = 1e-2, tau_factor: float = 50.0, rhat_max: float = 1.1, max_expansions: int = 100,
              reset_stragglers: bool = True, blas_threads: int | None = 1,
-             light_mode: bool = False) -> McmcResult:
+             light_mode: bool = False, sky_flux=None) -> McmcResult:
     """Sample the posterior of one galaxy with zeus (module docstring). Defaults are the paper's.
 
     Parameters
@@ -437,6 +469,8 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
         linear log-prior tails, and then zeus stops with "Number of expansions exceeded".
     blas_threads : BLAS threads during the run (needs ``threadpoolctl``); None leaves BLAS alone.
     light_mode : zeus's light mode (no stepping-out after tuning; cheaper, for near-Gaussian targets).
+    sky_flux : None: the likelihood of Eq. 1 (sigma = flux_err). Per band, the noise model's
+        `sky_limited_flux`: the simulations' likelihood (`log_likelihood`, `simulator_flux_error`).
 
     Returns
     -------
@@ -451,6 +485,7 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
     prior = free_redshift_prior(model, prior, z)
     flux, flux_err, z = _check_inputs(model, prior, flux, flux_err, z, n_walkers, n_steps, burn_in, thin,
                                       tau_factor, rhat_max)
+    sky_flux = check_sky_flux(model, sky_flux)
     n_walkers, n_steps, burn_in, thin = int(n_walkers), int(n_steps), int(burn_in), int(thin)
     ndim = prior.ndim_unconstrained
     if seed is not None:
@@ -466,7 +501,7 @@ def run_mcmc(flux, flux_err, z, model: SEDModel | None = None, prior: Prior | No
         if u.shape[0] == 0:
             return np.empty(0)
         theta = prior.from_unconstrained(u)
-        return log_likelihood(model, theta, z, flux, flux_err) + prior.log_prob_unconstrained(u)
+        return log_likelihood(model, theta, z, flux, flux_err, sky_flux) + prior.log_prob_unconstrained(u)
 
     t0 = time.perf_counter()
     with _blas_threads(blas_threads), _seeded_global_rngs(seed_seq), _preserve_root_logger():

@@ -9,7 +9,8 @@ effective size >= ``n_eff``. Those two are the convergence criterion reported (`
 with the effective sample size and the evidence.
 
 Same target as `sedflow.mcmc.run_mcmc` (Hahn & Melchior 2022, Eq. 1): the Gaussian likelihood in
-flux of `sedflow.mcmc.log_likelihood`, unmeasured bands dropped (`check_measurements`), times the
+flux of `sedflow.mcmc.log_likelihood` (with ``sky_flux``, the simulations' likelihood, whose sigma
+follows the model flux), unmeasured bands dropped (`check_measurements`), times the
 `Prior`, sampled in its unit cube (`Prior.from_unit_cube`: every box coordinate is uniform under
 the prior). Returns equal-weight posterior draws in the physical 12-dim theta.
 
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sedflow.mcmc import _blas_threads, check_measurements, check_prior, free_redshift_prior, log_likelihood
+from sedflow.mcmc import (_blas_threads, check_measurements, check_prior, check_sky_flux, free_redshift_prior,
+                           log_likelihood)
 from sedflow.prior import PARAM_NAMES
 
 __all__ = ["NestedResult", "run_nested"]
@@ -80,7 +82,7 @@ class NestedResult:
 
 def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_eff: int = 2000,
                f_live: float = 0.01, n_networks: int = 1, n_like_max: int = 5_000_000, seed: int | None = None,
-               blas_threads: int | None = 1) -> NestedResult:
+               blas_threads: int | None = 1, sky_flux=None) -> NestedResult:
     """Sample the posterior of one galaxy with nautilus (module docstring).
 
     flux, flux_err : (n_bands,) nanomaggies (NaN flux or error <= 0: band not measured).
@@ -90,6 +92,8 @@ def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_e
     stopping fraction of the evidence in the live set and networks per bound (its default 4
     costs ~4x the time; the likelihood is cheap, the networks' training is most of a run).
     n_like_max : likelihood calls after which it stops unconverged. seed : nautilus's seed.
+    sky_flux : None: Eq. 1's likelihood (sigma = flux_err); per band, the noise model's
+    `sky_limited_flux`: the simulations' likelihood (`sedflow.mcmc.simulator_flux_error`).
     """
     from nautilus import Sampler
 
@@ -100,9 +104,10 @@ def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_e
     prior = free_redshift_prior(model, prior, z)
     flux, flux_err, z = check_measurements(model, flux, flux_err, z)
     check_prior(model, prior)
+    sky_flux = check_sky_flux(model, sky_flux)
 
     def log_like(s):
-        return log_likelihood(model, prior.from_unit_cube(np.atleast_2d(s)), z, flux, flux_err)
+        return log_likelihood(model, prior.from_unit_cube(np.atleast_2d(s)), z, flux, flux_err, sky_flux)
 
     t0 = time.perf_counter()
     with _blas_threads(blas_threads):

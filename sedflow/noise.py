@@ -100,6 +100,13 @@ class NoiseModel:
         mag = np.array([c[-1] for c in self.mag_centres])
         return self.faint_mag_err() * 10.0 ** (-0.4 * (mag - 22.5)) / MAG_ERR_PER_FRAC
 
+    def sky_limited_flux(self) -> np.ndarray:
+        """Per band, the flux [nanomaggies] of the faintest fitted magnitude bin: below it a simulated
+        galaxy's flux error stops scaling with its flux and stays at the sky-limited floor
+        (`sedflow.simulate.observe`: floor = faint_flux_error x sigma_mag / faint_mag_err, which is
+        sigma_mag x this flux / 1.0857)."""
+        return MAG_ERR_PER_FRAC * self.faint_flux_error() / self.faint_mag_err()
+
     def sigma_threshold(self, mag, k: float = 3.0) -> np.ndarray:
         """mu + k s with the floors added: catalog sigma above it is outside the noise model."""
         mu, s = self.mu_s(mag)

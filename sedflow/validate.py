@@ -13,7 +13,11 @@
    was trained on such galaxies: per-parameter |difference of medians| / reference sigma, ratio
    of widths, wall times, convergence, and a corner overlay with photometry and both best-fit
    SEDs (paper Fig. 2). The reference is nautilus nested sampling (`sedflow.nested`, converges
-   here) or the paper's zeus MCMC (`sedflow.mcmc`, does not at the paper's chain length).
+   here) or the paper's zeus MCMC (`sedflow.mcmc`, does not at the paper's chain length), with
+   the catalog likelihood of the paper's Eq. 1 (sigma = the reported error) or, with
+   ``likelihood="simulator"``, the likelihood the training simulations were drawn from (sigma
+   follows the model flux, `sedflow.mcmc.simulator_flux_error`): the posterior the flow learns,
+   so that comparison measures the flow alone.
 3. Real data (NSA rows of ``../shared/data/nsa_lcs`` or ``catalog``): flagged fractions by
    reason and the chi^2 of the best-fit SED per galaxy (paper Sec. 6.1).
 """
@@ -33,7 +37,7 @@ from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, PriorWithRedshift
 
 __all__ = ["held_out_simulations", "reference_galaxies", "repeated_calibration", "width_comparison",
-           "photoz_real_data", "validate", "THRESHOLDS", "REFERENCES"]
+           "photoz_real_data", "reference_sky_flux", "validate", "THRESHOLDS", "REFERENCES", "LIKELIHOODS"]
 
 THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
 
@@ -127,6 +131,20 @@ def _population_calibration(post, sed, n: int, n_samples: int, seed: int, out) -
 
 
 REFERENCES = ("nautilus", "zeus")
+LIKELIHOODS = ("catalog", "simulator")
+
+
+def reference_sky_flux(config: dict) -> list[float]:
+    """The ``sky_flux`` (`sedflow.mcmc.log_likelihood`) that gives a reference sampler the likelihood of
+    a model's training simulations, from its artifact ``config``; a clear error for simulations whose
+    errors do not follow `sedflow.mcmc.simulator_flux_error` (no sky-limited floor, or errors
+    reported from the noiseless flux)."""
+    sim = config.get("simulation") or {}
+    if not config.get("noise_model") or sim.get("min_detected") is None or sim.get("reported_errors") != "observed":
+        raise ValueError("the simulator likelihood needs simulations with sky-limited errors reported from the "
+                         "observed flux (simulate --min-detected, the default --reported-errors observed); "
+                         "this model's were not: use the catalog likelihood")
+    return NoiseModel.from_dict(config["noise_model"]).sky_limited_flux().tolist()
 
 
 def _hard(flux) -> np.ndarray:
@@ -162,9 +180,11 @@ def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
     return json.loads(json.dumps(request))      # NaN (a missing band's flux) round-trips as NaN
 
 
-def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address=None) -> list[tuple]:
+def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address=None,
+                 likelihood: str = "catalog") -> list[tuple]:
     """(samples, summary) of the reference sampler for the held-out ``galaxies``, read from
-    ``chain_dir`` where a file there was run on the same request; the others run as Ray tasks,
+    ``chain_dir`` where a file there was run on the same request (files of the simulator likelihood
+    are named apart, so both kinds can share a directory); the others run as Ray tasks,
     one galaxy per CPU (local Ray, or the cluster at ``address``: one galaxy takes about a
     minute) and each is written to ``chain_dir`` as it finishes. The chains do not depend on the
     flow, so an interrupted report resumes, and another model is validated against the same chains."""
@@ -181,7 +201,8 @@ def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chai
     chain_dir = Path(chain_dir)
     chain_dir.mkdir(parents=True, exist_ok=True)
     requests = {i: _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) for i in galaxies}
-    paths = {i: chain_dir / f"galaxy-{i:04d}.parquet" for i in galaxies}
+    tag = "" if likelihood == "catalog" else f"-{likelihood}-likelihood"
+    paths = {i: chain_dir / f"galaxy-{i:04d}{tag}.parquet" for i in galaxies}
     chains, todo = {}, []
     for i in galaxies:
         try:
@@ -223,15 +244,22 @@ def _reference_noise(m, meta) -> np.ndarray:
                   - np.median(per_walker[:, half:].reshape(-1, m.shape[1]), 0)) / sig
 
 
-def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_options, out, chain_dir, address=None):
-    """ANPE (drawn here) vs the reference samples of `_mcmc_chains`, per galaxy and parameter."""
+def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_options, out, chain_dir, address=None,
+                     likelihood: str = "catalog"):
+    """ANPE (drawn here) vs the reference samples of `_mcmc_chains`, per galaxy and parameter, with the
+    ``likelihood`` of `LIKELIHOODS`."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose from {LIKELIHOODS}")
+    options = dict(mcmc_options or {})
+    if likelihood == "simulator":
+        options["sky_flux"] = reference_sky_flux(post.config)
     galaxies = reference_galaxies(sims, n_mcmc)
     anpe, t_anpe = [], []
     for i in galaxies:
         t0 = time.perf_counter()
         anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=int(seed + i))[0])
         t_anpe.append(time.perf_counter() - t0)
-    chains = _mcmc_chains(sed, post.prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address)
+    chains = _mcmc_chains(sed, post.prior, sims, galaxies, seed, reference, options, chain_dir, address, likelihood)
 
     rows = []
     for i, a, (m, meta) in zip(galaxies, anpe, chains):
@@ -253,7 +281,8 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
     keep = {"galaxy": int(galaxies[0]), "anpe": anpe[0], "mcmc": m0,
             "mcmc_best": np.array([meta0["parameters"][n]["best"] for n in names])}
     _plot_overlay(post, sed, sims, keep, reference, out / "anpe_vs_mcmc.png")
-    return {"reference": reference, "options": dict(mcmc_options or {}), "n": len(rows), "n_hard": int(hard.sum()),
+    return {"reference": reference, "options": dict(mcmc_options or {}), "likelihood": likelihood,
+            "n": len(rows), "n_hard": int(hard.sum()),
             "converged": int(sum(r["converged"] for r in rows)), "chain_dir": str(chain_dir),
             "median_abs_offset_over_sigma": dict(zip(names, np.median(offset, 0).tolist())),
             "median_abs_offset_over_sigma_hard": (dict(zip(names, np.median(offset[hard], 0).tolist()))
@@ -420,7 +449,8 @@ def _chi2_p95(dof: int) -> float:
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
              catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, reference: str = "nautilus",
              mcmc_options: dict | None = None, address: str | None = None, mcmc_dir=None, baseline=None,
-             specz_model="sdss", photoz_samples: int = 1000, precision: str = "auto", repeat_sets: int = 0) -> dict:
+             specz_model="sdss", photoz_samples: int = 1000, precision: str = "auto", repeat_sets: int = 0,
+             likelihood: str = "catalog") -> dict:
     """Write the validation report to ``out_dir``; returns the metrics dict. ``reference``: the
     sampler ANPE is compared with (`REFERENCES`), ``mcmc_options`` its keyword arguments
     (`sedflow.nested.run_nested` or `sedflow.mcmc.run_mcmc`). The reference runs go to
@@ -434,7 +464,9 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     catalogs with spectroscopic redshifts (`_photoz_catalogs`, when the model has their filters) with
     ``photoz_samples`` draws per galaxy, the masses compared with ``specz_model``'s. ``precision``: the
     flows' sampling arithmetic (`PosteriorModel.precision`), recorded in the report. ``repeat_sets``:
-    `repeated_calibration` on that many more held-out sets of ``n_test`` (2,000 draws each)."""
+    `repeated_calibration` on that many more held-out sets of ``n_test`` (2,000 draws each).
+    ``likelihood``: the reference's, ``"catalog"`` (Eq. 1, sigma = the reported error) or ``"simulator"``
+    (that of the training simulations, `reference_sky_flux`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -469,7 +501,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
 
     if n_mcmc > 0:
         mc = _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_options, out,
-                              Path(mcmc_dir) if mcmc_dir else out / "mcmc", address)
+                              Path(mcmc_dir) if mcmc_dir else out / "mcmc", address, likelihood)
         mc["passes"] = all(v < THRESHOLDS["mcmc_median_offset_max"] for v in mc["median_abs_offset_over_sigma"].values())
         metrics["mcmc"] = mc
 
@@ -560,8 +592,12 @@ def _report_md(m: dict) -> str:
         noise = ("the standard error of its medians from its effective sample size" if mc["reference"] == "nautilus"
                  else "the same offset between the two halves (in iterations) of each kept chain; with independent "
                       "halves the full chain's median scatters by about half of it")
+        likelihood = {"catalog": "the catalog likelihood (Eq. 1: sigma = the reported error)",
+                      "simulator": "the simulations' likelihood (sigma follows the model flux, as the training "
+                                   "simulations drew it)"}[mc.get("likelihood", "catalog")]
         lines += [f"## ANPE vs {mc['reference']}", "",
-                  f"{mc['n']} galaxies, {mc['n_hard']} of them with a non-detection or a missing band "
+                  f"{mc['n']} galaxies, {mc['n_hard']} of them with a non-detection or a missing band; the reference "
+                  f"samples {likelihood} "
                   f"({mc['converged']} reference runs converged; settings {mc['options']}); ANPE "
                   f"{mc['anpe_seconds_per_galaxy']:.3f} s vs {mc['reference']} "
                   f"{mc['reference_seconds_per_galaxy']:.1f} s "

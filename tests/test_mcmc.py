@@ -157,6 +157,52 @@ def test_missing_bands_and_non_detections_enter_the_likelihood_as_measured(sed_m
     assert np.isfinite(neg.best_chi2)
 
 
+def test_simulator_flux_error_is_the_noise_the_simulation_drew():
+    """Given a simulated galaxy's reported flux and error, `simulator_flux_error` at its noiseless flux
+    recovers the sigma its noise was drawn with (`sedflow.simulate.observe`: noise model, envelope,
+    sky-limited floor): the residuals over it are standard normal, those over the reported error
+    are not (the reported error follows the noisy flux)."""
+    from scipy import stats
+
+    from sedflow.mcmc import simulator_flux_error
+    from sedflow.noise import NoiseModel
+    from sedflow.simulate import observe
+
+    noise = NoiseModel.default()
+    rng = np.random.default_rng(1)
+    # from sky- to source-limited in every band
+    flux_true = 10 ** rng.uniform(-1.5, 2.0, (20_000, 1)) * np.array([0.3, 1.0, 2.0, 2.5, 3.0])
+    flux, err, _, _ = observe(flux_true, noise, np.random.default_rng(2), "observed", (0.5, 20.0), 3)
+    resid = (flux - flux_true) / simulator_flux_error(flux_true, flux, err, noise.sky_limited_flux())
+    assert abs(resid.mean()) < 0.02 and abs(resid.std() - 1) < 0.01
+    assert stats.kstest(resid.ravel(), "norm").pvalue > 1e-3
+    catalog = (flux - flux_true) / err
+    assert stats.kstest(catalog.ravel(), "norm").pvalue < 1e-20 and catalog.std() > 1.05
+
+
+def test_simulator_likelihood_drops_missing_bands_and_carries_its_normalisation(sed_model, galaxy):
+    """With ``sky_flux`` the likelihood is a Gaussian whose sigma follows the model flux: a missing
+    band (infinite error) drops out, and at sky_flux far above every flux (sigma fixed at the reported
+    error) it is Eq. 1 minus the constant sum(log sigma)."""
+    from sedflow.mcmc import log_likelihood, simulator_flux_error
+
+    _, flux, flux_err = galaxy
+    theta = Prior().sample(50, seed=8)
+    sky = np.full(5, 1e9)
+    np.testing.assert_allclose(log_likelihood(sed_model, theta, Z, flux, flux_err, sky),
+                               log_likelihood(sed_model, theta, Z, flux, flux_err) - np.log(flux_err).sum(), rtol=1e-10)
+    sky = 0.5 * flux
+    model = sed_model.photometry(theta, Z)
+    sigma = simulator_flux_error(model, flux, flux_err, sky)
+    full = log_likelihood(sed_model, theta, Z, flux, flux_err, sky)
+    np.testing.assert_allclose(full, -np.sum(0.5 * ((model - flux) / sigma) ** 2 + np.log(sigma), axis=1), rtol=1e-12)
+    missing_u = log_likelihood(sed_model, theta, Z, np.r_[0.0, flux[1:]], np.r_[np.inf, flux_err[1:]], sky)
+    np.testing.assert_allclose(missing_u, full + 0.5 * ((model[:, 0] - flux[0]) / sigma[:, 0]) ** 2
+                               + np.log(sigma[:, 0]), rtol=1e-12)
+    with pytest.raises(ValueError, match="sky_flux"):
+        run_mcmc(flux, flux_err, Z, model=sed_model, n_walkers=24, n_steps=12, burn_in=4, sky_flux=[1.0, 2.0])
+
+
 def test_split_rhat():
     rng = np.random.default_rng(0)
     iid = rng.standard_normal((2000, 20, 3))

@@ -9,6 +9,7 @@ import pytest
 from astropy.table import Table
 
 from conftest import shared_path
+from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES
 from sedflow.validate import held_out_simulations, repeated_calibration, validate
 
@@ -58,6 +59,14 @@ def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_loca
                      mcmc_options=opts, mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] == stamps            # read, not rerun
     assert again["galaxies"] == first["galaxies"]
+    # the simulator likelihood's chains are files of their own beside them, and another posterior
+    sim = validate(tmp_path / "s", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, reference="zeus",
+                   mcmc_options=opts, mcmc_dir=chains, likelihood="simulator")["mcmc"]
+    assert sim["likelihood"] == "simulator" and [f.stat().st_mtime_ns for f in files] == stamps
+    assert sorted(f.name for f in chains.glob("galaxy-*-simulator-likelihood.parquet")) == [
+        "galaxy-0000-simulator-likelihood.parquet", "galaxy-0001-simulator-likelihood.parquet"]
+    assert sim["median_abs_offset_over_sigma"] != first["median_abs_offset_over_sigma"]
+    assert "simulations' likelihood" in (tmp_path / "s" / "report.md").read_text()
     other = validate(tmp_path / "c", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, reference="zeus",
                      mcmc_options={**opts, "n_steps": 44}, mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] != stamps            # other settings: rerun
@@ -79,6 +88,19 @@ def test_nautilus_reference_converges_and_picks_hard_galaxies(tmp_path, ray_loca
     assert m["converged"] == 5 and all(g["n_eff"] >= 0.95 * 300 for g in m["galaxies"])
     noise = np.array(list(m["median_reference_noise_over_sigma"].values()))
     assert np.allclose(noise, noise[0]) and 0 < noise[0] < 0.1         # sqrt(pi/2 / n_eff)
+
+
+def test_simulator_likelihood_needs_simulations_with_sky_limited_observed_errors():
+    """The reference's simulator likelihood comes from the model's own noise model and settings, and is
+    refused for simulations whose errors do not follow it."""
+    from sedflow.noise import NoiseModel
+    from sedflow.validate import reference_sky_flux
+
+    config = load_model().config
+    np.testing.assert_allclose(reference_sky_flux(config), NoiseModel.default().sky_limited_flux())
+    for change in ({"min_detected": None}, {"reported_errors": "true"}):
+        with pytest.raises(ValueError, match="simulator likelihood"):
+            reference_sky_flux({**config, "simulation": {**config["simulation"], **change}})
 
 
 def test_reference_galaxies_take_a_fifth_hard_ones():
