@@ -248,8 +248,6 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
                      likelihood: str = "catalog"):
     """ANPE (drawn here) vs the reference samples of `_mcmc_chains`, per galaxy and parameter, with the
     ``likelihood`` of `LIKELIHOODS`."""
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose from {LIKELIHOODS}")
     options = dict(mcmc_options or {})
     if likelihood == "simulator":
         options["sky_flux"] = reference_sky_flux(post.config)
@@ -472,9 +470,13 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose from {LIKELIHOODS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     post = load_model(model_path, precision)
+    if likelihood == "simulator" and n_mcmc > 0:
+        reference_sky_flux(post.config)          # refused now, not after the calibration
     sed = post.sed_model()                   # the physics the model was trained on
     metrics = {"model": str(model_path or "shipped"), "architecture": post.config["architecture"],
                "precision": post.precision, "n_test": n_test, "n_samples": n_samples, "seed": seed, "thresholds": THRESHOLDS}
