@@ -4,7 +4,8 @@ parameters.
     python -m bench --only architectures [--quick]
 
 ``coupling`` (zuko MAF, two passes: shipped before the 2026-12 model), ``spline`` (zuko NSF coupling),
-``realnvp`` (zuko affine coupling, context computed once per galaxy: shipped since the 2026-12 model) and
+``realnvp`` (zuko affine coupling, context computed once per galaxy: shipped in the 2026-12 models before
+2026-12-04), ``realnvp_deep`` (the same with a third hidden layer per MLP: shipped since) and
 ``realnvp`` without the context cache (``realnvp-uncached``: zuko's own coupling transform,
 the same function and weights). Untrained networks with the shipped model's input layout
 (sampling cost does not depend on the weights). Calibration and validation loss need
@@ -18,7 +19,7 @@ import time
 from bench._common import CPUS, row, simulated_x, threads, untrained_posterior
 from bench.training import step_rate
 
-ARCHS = ("coupling", "spline", "realnvp")
+ARCHS = ("coupling", "spline", "realnvp", "realnvp_deep")
 
 
 def _uncached_rate(n: int, n_gal: int) -> float:
@@ -48,11 +49,11 @@ def run(quick: bool = False) -> dict:
     res["sampling_gal_per_s"]["realnvp-uncached"] = {str(n): _uncached_rate(n, g) for n, g in galaxies.items()}
     c = res["sampling_gal_per_s"]["coupling"]
     rows = []
-    for arch in ("spline", "realnvp", "realnvp-uncached"):
+    for arch in ("spline", "realnvp", "realnvp_deep", "realnvp-uncached"):
         s = res["sampling_gal_per_s"][arch]
         rows += [row(f"{arch} sampling, {n} draws/gal ({galaxies[int(n)]} gal, {CPUS} threads)", s[n], "gal/s",
                      "coupling", c[n]) for n in s]
-    for arch in ("spline", "realnvp"):
+    for arch in ("spline", "realnvp", "realnvp_deep"):
         rows.append(row(f"{arch} training, batch 2048, {CPUS} threads", res["training_samples_per_s"][arch],
                         "samples/s", "coupling", res["training_samples_per_s"]["coupling"]))
         rows.append(row(f"{arch} parameters", res["parameters"][arch], "", "coupling", res["parameters"]["coupling"]))

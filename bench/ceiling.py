@@ -4,13 +4,14 @@ Peer: torch's float32 matmul rate (GFLOP/s; 2 n^3 FLOPs per n x n product, n = 2
 of several) at 1 thread and at all cores. Measured: the FLOP rate of the shipped model's
 network while sampling, net.sample((10000,), condition of 2 galaxies) = 20,000 draws per call
 as `PosteriorModel.sample` makes them, at the same thread counts; the ratio is the fraction of
-the matmul ceiling it achieves. Also for ``coupling``, the architecture shipped before the 2026-12 model.
+the matmul ceiling it achieves. Also for ``realnvp``, the architecture shipped before 2026-12-04.
 
 FLOPs per sample are counted, not estimated: torch's ``FlopCounterMode`` counts the matrix
 products (2 x m x k x n each) of one sampling call as it really runs them: a context computed
-once per galaxy (``realnvp``) counts once, the two passes per transform of ``coupling``
-twice. Biases, activations, the affine updates and the base-distribution draws are not
-matrix products and are left out, so the achieved rate is a slight underestimate.
+once per galaxy (``realnvp``, ``realnvp_deep``) counts once, the two passes per transform of a
+two-pass MAF (``coupling``) would count twice. Biases, activations, the affine updates and the
+base-distribution draws are not matrix products and are left out, so the achieved rate is a
+slight underestimate.
 
 Where ``--precision auto`` samples in bfloat16 (CPUs with AMX), the shipped sampler is also
 timed in bfloat16 against torch's bfloat16 matmul rate: that ceiling is ~10x the float32 one
@@ -64,12 +65,12 @@ def run(quick: bool = False) -> dict:
     repeat = 3 if quick else 10
     post = load_model(precision="float32")
     n_x, arch = len(post.x_names), post.arch
-    nets = {arch: post.net, "coupling": untrained_posterior("coupling").net}
+    nets = {arch: post.net, "realnvp": untrained_posterior("realnvp").net}
     res = {"matmul_n": N_MATMUL, "arch": arch,
            "flops_per_sample": {a: flops_per_sample(net, n_x) for a, net in nets.items()},
            "matmul_gflops": {}, "sampler_samples_per_s": {}, "sampler_gflops": {}}
-    rows = [row(f"{arch} matmul FLOPs per sample", res["flops_per_sample"][arch], "FLOP", "coupling",
-                res["flops_per_sample"]["coupling"])]
+    rows = [row(f"{arch} matmul FLOPs per sample", res["flops_per_sample"][arch], "FLOP", "realnvp",
+                res["flops_per_sample"]["realnvp"])]
     for t in sorted({1, CPUS}):
         ceiling = matmul_gflops(t, repeat)
         res["matmul_gflops"][str(t)] = ceiling

@@ -11,9 +11,9 @@ worker process (polled with psutil).
 
 The shipped model samples in ``--precision auto`` (bfloat16 on CPUs with AMX); there it is
 also run in float32, same pipeline, as the baseline of the speed-up.
-Peer: the same pipeline, same catalog and settings, with an untrained ``coupling`` network
-(the architecture shipped before the 2026-12 model) in the shipped model's configuration
-(`bench._common.untrained_artifact`; the cost does not depend on the weights).
+Peer: the same pipeline, same catalog and settings, with an untrained ``realnvp`` network (the
+architecture shipped before 2026-12-04, sampled in the same precision) in the shipped model's
+configuration (`bench._common.untrained_artifact`; the cost does not depend on the weights).
 
 Partitions are kept at 500 rows because `infer_frame` holds all draws of a partition in
 memory: about n_rows x n_samples x 23 x 8 bytes (0.9 GB per 500 rows at 10,000 samples).
@@ -34,6 +34,7 @@ from bench._common import CPUS, ChildPeakRSS, row, simulated, untrained_artifact
 
 SAMPLES = (1000, 10000)
 PARTITION_ROWS = 500
+PEER = "realnvp"      # the architecture shipped before realnvp_deep
 
 
 def make_catalog(n: int, path: Path):
@@ -69,11 +70,11 @@ def run(quick: bool = False, n: int | None = None, samples=None) -> dict:
         res["ingest"] = {"seconds": time.perf_counter() - t0, "partitions": ingest["partitions"]}
         rows.append(row(f"ingest {n:,} rows ({ingest['partitions']} partitions)", n / res["ingest"]["seconds"],
                         "rows/s"))
-        peer_model = untrained_artifact("coupling", work / "coupling_model")
+        peer_model = untrained_artifact(PEER, work / "peer_model")
         for k in samples or SAMPLES:
             runs = {}
             for label, model_path, precision in (("shipped", None, "auto"), ("shipped float32", None, "float32"),
-                                                 ("coupling", peer_model, "float32")):
+                                                 (PEER, peer_model, "auto")):
                 if label == "shipped float32" and resolve_precision("auto") == "float32":
                     continue                 # the same run as "shipped" on this CPU
                 with ChildPeakRSS(("spawn_main",)) as workers:
@@ -85,8 +86,8 @@ def run(quick: bool = False, n: int | None = None, samples=None) -> dict:
                                "worker_peak_rss_mb": workers.max_mb, "worker_processes": workers.processes}
             res["runs"][str(k)] = runs
             label = f"infer {n:,} gal, {k} samples, {CPUS} Dask workers ({runs['shipped']['summary']['precision']})"
-            rows.append(row(label, runs["shipped"]["galaxies_per_s"], "gal/s", "coupling, same pipeline",
-                            runs["coupling"]["galaxies_per_s"]))
+            rows.append(row(label, runs["shipped"]["galaxies_per_s"], "gal/s",
+                            f"{PEER} (shipped before), same pipeline", runs[PEER]["galaxies_per_s"]))
             if "shipped float32" in runs:
                 rows.append(row(label, runs["shipped"]["galaxies_per_s"], "gal/s", "shipped in float32, same pipeline",
                                 runs["shipped float32"]["galaxies_per_s"]))

@@ -25,11 +25,12 @@ from pathlib import Path
 BENCHMARKS = {
     "forward_model": "SEDModel.photometry vs the PROVABGS emulator",
     "simulate": "simulate_rows in-process and run_simulation with Ray",
-    "training": "training step throughput, default architecture vs coupling (shipped before) and paper",
-    "sampling": "posterior sampling, default architecture vs coupling and paper",
-    "infer": "ingest + infer end to end (Dask), shipped model vs the same pipeline with coupling",
+    "training": "training step throughput, default architecture vs realnvp (shipped before), coupling and paper",
+    "sampling": "posterior sampling, default architecture vs realnvp (shipped before) and paper",
+    "infer": "ingest + infer end to end (Dask), shipped model vs the same pipeline with realnvp (shipped before)",
     "ceiling": "sampler FLOP rate vs the fp32 matmul rate",
-    "architectures": "coupling, spline (NSF), realnvp with and without its context cache: sampling, training",
+    "architectures": ("coupling, spline (NSF), realnvp (with and without its context cache), realnvp_deep: "
+                      "sampling, training"),
     "photoz": "the photo-z model vs the spec-z model: sampling at 1,000 and 10,000 draws, infer_frame",
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"

@@ -3,8 +3,8 @@
 Measured: the default architecture (``DEFAULT_ARCH``, the shipped model's) in float32 through
 `sedflow.posterior.PosteriorModel.sample` (its chunking: ~20,000 draws per network call, then
 the map back to the physical parameters), in-process with all cores.
-Peers, through the same code path, same threads, same galaxies: ``coupling`` (zuko MAF with
-two passes, the architecture shipped before the 2026-12 model) and ``paper`` (sbi/nflows MAF, 15 MADE x 500
+Peers, through the same code path, same threads, same galaxies: ``realnvp`` (the same coupling
+flow with two hidden layers per MLP, shipped before 2026-12-04) and ``paper`` (sbi/nflows MAF, 15 MADE x 500
 units, as SEDflow). All nets are untrained (`bench._common.untrained_posterior`), wrapped with
 the shipped model's input layout and standardisation: the cost of drawing does not depend on
 the weights. The paper net needs ~25-50 s per galaxy at 10,000 samples, so it is timed on few
@@ -24,7 +24,7 @@ import time
 from bench._common import CPUS, row, simulated_x, threads, untrained_posterior
 
 SAMPLES = (1000, 10000)
-PREVIOUS_ARCH = "coupling"      # the architecture shipped before the 2026-12 model
+PREVIOUS_ARCH = "realnvp"       # the architecture shipped before realnvp_deep (2026-12-04)
 GALAXIES = {  # (n_samples) -> galaxies timed for the flows / for the paper MAF, full / quick
     False: {1000: (1000, 10), 10000: (200, 3)},
     True: {1000: (100, 2), 10000: (20, 0)},
@@ -72,7 +72,7 @@ def run(quick: bool = False) -> dict:
             fast = rate(DEFAULT_ARCH, n, n_gal, precision=auto)
             res["rates"][str(n)][f"{DEFAULT_ARCH}_{auto}"] = fast
             rows.append(row(f"{label}, {auto}", fast, "gal/s", f"{DEFAULT_ARCH}, float32", measured))
-        rows.append(row(label, measured, "gal/s", f"{PREVIOUS_ARCH} (shipped before the 2026-12 model)", previous))
+        rows.append(row(label, measured, "gal/s", f"{PREVIOUS_ARCH} (shipped before)", previous))
         rows.append(row(label, measured, "gal/s", peer, paper))
     res["rows"] = rows
     return res

@@ -1,10 +1,11 @@
 """Training throughput: samples/s of one optimisation step (forward + backward + Adam) at
 batch size 2048, in-process (no Ray), all cores.
 
-Measured: the default architecture (``DEFAULT_ARCH``). Peers: ``coupling`` (shipped before the 2026-12 model)
-and ``paper``. All built with `sedflow.posterior.build_estimator` for the shipped model's x
-(its number of inputs), loss and step as in `sedflow.train` (the same negative
-log-probability module, Adam at lr 5e-4), on random standard-normal data of the right shapes
+Measured: the default architecture (``DEFAULT_ARCH``). Peers: ``realnvp`` (shipped before
+2026-12-04), ``coupling`` (before the 2026-12 model) and ``paper``. All built with
+`sedflow.posterior.build_estimator` for the shipped model's x (its number of inputs), loss and
+step as in `sedflow.train` (the same negative log-probability module, Adam at lr 5e-4), on
+random standard-normal data of the right shapes
 (the training data are standardised); the default also with ``--precision bfloat16``. Steps
 run until ``min_time`` seconds have passed (at least ``min_steps``, after ``min_steps``
 untimed). Also reports parameter counts.
@@ -59,7 +60,7 @@ def run(quick: bool = False) -> dict:
     from sedflow.posterior import DEFAULT_ARCH
 
     min_time, min_steps = (3.0, 2) if quick else (20.0, 5)
-    archs = dict.fromkeys((DEFAULT_ARCH, "coupling", "paper"))
+    archs = dict.fromkeys((DEFAULT_ARCH, "realnvp", "coupling", "paper"))
     rates = {a: step_rate(a, min_time, min_steps) for a in archs}
     (me, n_me) = rates[DEFAULT_ARCH]
     bf16 = step_rate(DEFAULT_ARCH, min_time, min_steps, precision="bfloat16")[0]

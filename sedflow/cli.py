@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "fluxes and the simulation's noise settings (default: the simulation's one draw)")
     t.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="arithmetic of the flow's hidden layers in training: float32 (default) or bfloat16, as the "
-                        "sampler runs them on CPUs with AMX (~1.35-1.6x faster steps there; realnvp only)")
+                        "sampler runs them on CPUs with AMX (~1.1-1.6x faster steps there; realnvp* only)")
     t.add_argument("--address", help="Ray address (default: start a local Ray)")
     t.set_defaults(func=_train)
 

@@ -399,8 +399,8 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     noiseless fluxes (`renoised_features`), instead of the simulation's one draw for all epochs.
     ``precision``: ``"float32"`` or ``"bfloat16"``, the arithmetic of the couplings' hidden layers
     in training, as `sedflow.flows.sampling_precision` sets it for sampling (first layer
-    float32-accurate, affine maps float32, weights and Adam float32; ~1.35-1.6x the training steps/s
-    on a CPU with AMX; realnvp only).
+    float32-accurate, affine maps float32, weights and Adam float32; ~1.1-1.6x the training steps/s
+    on a CPU with AMX; realnvp* architectures only).
 
     Returns a summary (epochs, best epoch, losses, wall time, parameters, artifact path).
     """

@@ -20,7 +20,7 @@ def test_shipped_artifact(post):
     cfg = post.config
     assert default_model_path().is_dir()
     assert sum((default_model_path() / f).stat().st_size for f in ("weights.safetensors", "config.json")) < 20e6
-    assert cfg["architecture"]["name"] == "realnvp"
+    assert cfg["architecture"]["name"] == "realnvp_deep"
     assert cfg["training_data"]["rows"] >= 1_000_000
     # made for real catalogs: asinh inputs with missing-band flags, trained with band masks, on
     # a broad noise envelope, non-detections and 0 < z <= 0.6

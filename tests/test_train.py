@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sedflow.posterior import ArtifactError, default_model_path, load_model, x_names
+from sedflow.posterior import DEFAULT_ARCH, ArtifactError, default_model_path, load_model, x_names
 from sedflow.sps.photometry import BANDS
 from sedflow.prior import PARAM_NAMES
 from sedflow.simulate import SimulationConfig, run_simulation
@@ -48,7 +48,7 @@ def test_artifact_round_trip(trained, sims):
     out, _, second = trained
     post = load_model(out)
     cfg = post.config
-    assert cfg["format_version"] == 2 and cfg["architecture"]["name"] == "realnvp"
+    assert cfg["format_version"] == 2 and cfg["architecture"]["name"] == DEFAULT_ARCH
     assert cfg["bands"] == list(BANDS) and cfg["filters"] == [f"sdss2010-{b}" for b in BANDS]
     assert cfg["sed_model"]["filters"] == cfg["filters"] and cfg["sed_model"]["z_range"] == [0.0, 0.2]
     assert cfg["training_data"]["rows"] == 6000 and len(cfg["training_data"]["manifest_sha256"]) == 64
