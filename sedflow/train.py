@@ -7,16 +7,18 @@ shard at a time), then runs a Ray Train ``TorchTrainer`` (DDP over gloo, CPU wor
 Ray when no address is given). Each worker reads only its own rows (row index modulo the
 number of workers), shard by shard, so the data never has to fit one worker.
 
-Adam, lr 5e-4, batch 2048 by default, the lr halved whenever the validation loss has not
-improved for ``lr_patience`` (5) epochs (torch's ReduceLROnPlateau; 0 keeps it constant), or,
-with ``lr_schedule="cosine"``, annealed from lr to 0 over ``max_epochs`` (Loshchilov & Hutter
-2017, arXiv:1608.03983; torch's CosineAnnealingLR: a fixed budget ends converged); the
-loss is the negative log density of the standardised unconstrained parameters; early stopping
-when the validation loss has not improved for ``patience`` (20) epochs, keeping the best
-epoch. A checkpoint is reported to Ray Train every epoch; rerunning the same command resumes
-from the last one (Ray Train restores the run from ``OUT/ray_train``). Per-epoch metrics are
-printed and written to ``OUT/metrics.json``; the artifact (`sedflow.posterior.save_model`)
-goes to ``OUT``.
+Adam, lr 5e-4, batch 2048 by default, the lr halved whenever the validation loss has not improved
+for ``lr_patience`` (5) epochs (torch's ReduceLROnPlateau; 0 keeps it constant), or, with
+``lr_schedule="cosine"``, annealed from lr to 0 over ``max_epochs`` (Loshchilov & Hutter 2017,
+arXiv:1608.03983; torch's CosineAnnealingLR: a fixed budget ends converged); the loss is the
+negative log density of the standardised unconstrained parameters; early stopping when the
+validation loss has not improved for ``patience`` (20) epochs, keeping the best epoch. A checkpoint
+is reported to Ray Train every epoch; rerunning the same command resumes from the last one (Ray
+Train restores the run from ``OUT/ray_train``); a rerun with other data, seed, architecture, lr,
+batch size, schedule or precision into the same ``OUT`` is refused (a plateau run may be extended
+with a larger ``max_epochs``, a cosine one may not: its length is its schedule). Per-epoch metrics
+are printed and written to ``OUT/metrics.json``; the artifact (`sedflow.posterior.save_model`) goes
+to ``OUT``.
 """
 
 from __future__ import annotations
@@ -449,6 +451,10 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
             raise ValueError(f"re-drawing the noise needs the noiseless fluxes; {shards[0]} lacks {lacking}")
     t0 = time.perf_counter()
     stats_path = out / "training_statistics.json"
+    # what a resumed run must share with the one it continues: the checkpoint's optimiser and lr schedule
+    # carry them (a cosine schedule's length included; a plateau run may be extended with more epochs)
+    recipe = {"arch": arch, "lr": lr, "batch_size": batch_size, "lr_schedule": lr_schedule, "precision": precision,
+              **({"max_epochs": max_epochs} if lr_schedule == "cosine" else {})}
     if stats_path.exists():   # a resumed run must keep the standardisation of the original
         stats = json.loads(stats_path.read_text())
         if (stats["fingerprint"] != fingerprint or stats["seed"] != seed
@@ -457,10 +463,16 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
                 or stats.get("x_layout", {}).get("redshift", True) != layout.redshift
                 or stats.get("prior", {}) != prior.to_dict() or stats.get("renoise", False) != renoise):
             raise ValueError(f"{out} holds a run on other data or seed; use a new --out")
+        changed = {k: (v, recipe[k]) for k, v in stats.get("recipe", {}).items() if recipe.get(k) != v}
+        if changed:
+            raise ValueError(f"{out} holds a run begun with other optimisation settings "
+                             + ", ".join(f"{k} {old} (now {new})" for k, (old, new) in changed.items())
+                             + "; resume with the same ones or use a new --out")
     else:
         stats = {**_statistics(shards, seed, val_fraction, layout, missing_fraction, prior.to_dict()),
                  "fingerprint": fingerprint, "seed": seed, "x_layout": layout.to_dict(),
-                 "missing_fraction": missing_fraction, "prior": prior.to_dict(), "renoise": renoise}
+                 "missing_fraction": missing_fraction, "prior": prior.to_dict(), "renoise": renoise,
+                 "recipe": recipe}
         stats_path.write_text(json.dumps({k: v for k, v in stats.items() if k != "ood"}))
 
     with ray_session(address):

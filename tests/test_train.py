@@ -174,6 +174,10 @@ def test_cosine_schedule_anneals_over_max_epochs(sims, tmp_path):
     assert np.isfinite([h["val_loss"] for h in hist]).all()
     with pytest.raises(ValueError, match="other data or seed"):
         train(sims, tmp_path / "m", workers=1, max_epochs=4, batch_size=512, lr_schedule="cosine")
+    # a cosine schedule's length is part of the run: a longer one is refused, not silently kept at 3
+    with pytest.raises(ValueError, match="max_epochs 3 [(]now 4[)]"):
+        train(sims, tmp_path / "m", workers=1, max_epochs=4, batch_size=512, lr=1e-3, lr_schedule="cosine",
+              renoise=True)
 
 
 def test_renoised_observations_follow_the_simulation(sed_model, prior):
