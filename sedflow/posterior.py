@@ -21,6 +21,9 @@ Architectures (`ARCHITECTURES`):
   network pass per transform when sampling, not two as ``coupling`` (the shipped spec-z
   architecture until 2026-12-04).
 * ``realnvp_deep`` (default): the same with 3 hidden layers (the shipped ``sdss`` model's).
+* ``realnvp_deep_sas``: ``realnvp_deep`` with a sinh-arcsinh map per parameter at the parameter
+  end whose skew and tail weight are set by x (`sedflow.flows.ConditionalSinhArcsinh`): a candidate
+  for the next ``sdss`` (docs/validation/architectures.md).
 * ``realnvp10``: ``realnvp`` with 10 transforms (the shipped photo-z model's, MODEL_CARD.md).
 
 The artifact is a directory with ``weights.safetensors`` and ``config.json`` (architecture,
@@ -67,6 +70,9 @@ ARCHITECTURES = {
     # per galaxy better held-out log density at the same epochs, sampling in bfloat16 within ~15% of its
     # rate (docs/validation/architectures.md)
     "realnvp_deep": {"model": "sedflow_realnvp", "hidden_features": [160, 160, 160], "num_transforms": 5},
+    # the same with a skew and tail weight per parameter set by x (`sedflow.flows.ConditionalSinhArcsinh`)
+    "realnvp_deep_sas": {"model": "sedflow_realnvp", "hidden_features": [160, 160, 160], "num_transforms": 5,
+                         "marginal_shape": True},
     # twice as deep, for posteriors that curve along the mass-redshift degeneracy: the shipped photo-z
     # model's (MODEL_CARD.md: calibrated on simulations where 5 transforms were not; half the speed)
     "realnvp10": {"model": "sedflow_realnvp", "hidden_features": [160, 160], "num_transforms": 10},
@@ -258,7 +264,8 @@ def build_estimator(arch: str | dict, n_x: int, n_theta: int = len(UNCONSTRAINED
     if kwargs["model"] == "sedflow_realnvp":
         from sedflow.flows import realnvp
 
-        return realnvp(n_theta, n_x, kwargs["hidden_features"], kwargs["num_transforms"])
+        return realnvp(n_theta, n_x, kwargs["hidden_features"], kwargs["num_transforms"],
+                       marginal_shape=kwargs.get("marginal_shape", False))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unknown kwargs passed to ConditionalFlowConfig")
         builder = posterior_nn(z_score_theta="none", z_score_x="none", **kwargs)

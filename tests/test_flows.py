@@ -64,6 +64,38 @@ def test_density_is_normalised():
     assert abs(float(q) - 1.0) < 0.01
 
 
+def test_marginal_shape_layer_starts_as_identity_and_inverts():
+    """An untrained `ConditionalSinhArcsinh` leaves the coupling flow's density unchanged; a skewed,
+    heavy-tailed shape gives a transform whose inverse undoes it and a density that integrates to 1."""
+    torch.manual_seed(2)
+    plain = realnvp(2, 3, (16, 16), 4)
+    shaped = realnvp(2, 3, (16, 16), 4, marginal_shape=True)
+    prefix = "net.transform.transforms."       # the couplings sit one place later, after the shape layer
+    shifted = {}
+    for k, v in plain.state_dict().items():
+        if k.startswith(prefix):
+            i, rest = k[len(prefix):].split(".", 1)
+            k = f"{prefix}{int(i) + 1}.{rest}"
+        shifted[k] = v
+    missing = shaped.load_state_dict(shifted, strict=False).missing_keys
+    assert missing and all(k.startswith(prefix + "0.hyper.") for k in missing)
+    g = torch.linspace(-25, 25, 1001)
+    pts = torch.cartesian_prod(g, g)
+    c = torch.randn(1, 3).expand(len(pts), 3)
+    with torch.no_grad():
+        np.testing.assert_allclose(shaped.log_prob(pts[None], c).numpy(), plain.log_prob(pts[None], c).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+        last = shaped.net.transform.transforms[0].hyper[-1]
+        last.weight.normal_(0.0, 0.1)
+        last.bias.copy_(torch.tensor([0.3, -0.2, 0.2, -0.1, 0.8, -0.6, -0.5, 0.4]))   # pivot, width, skew, tail
+        log_q = shaped.log_prob(pts[None], c)
+        transform = shaped.net(torch.randn(1, 3)).transform
+        x = torch.randn(300, 1, 2)
+        np.testing.assert_allclose(transform.inv(transform(x)).numpy(), x.numpy(), atol=1e-4)
+        assert not torch.allclose(log_q, plain.log_prob(pts[None], c))
+    assert abs(float(log_q.exp().sum() * (g[1] - g[0]) ** 2) - 1.0) < 0.01
+
+
 def test_masks_pair_up_and_cover_every_parameter():
     masks = coupling_masks(11, 6)
     for a, b in zip(masks[::2], masks[1::2]):
