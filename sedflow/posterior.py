@@ -22,8 +22,9 @@ Architectures (`ARCHITECTURES`):
   architecture until 2026-12-04).
 * ``realnvp_deep`` (default): the same with 3 hidden layers (the shipped ``sdss`` model's).
 * ``realnvp_deep_sas``: ``realnvp_deep`` with a sinh-arcsinh map per parameter at the parameter
-  end whose skew and tail weight are set by x (`sedflow.flows.ConditionalSinhArcsinh`): a candidate
-  for the next ``sdss`` (docs/validation/architectures.md).
+  end whose skew and tail weight are set by x (`sedflow.flows.ConditionalSinhArcsinh`): better
+  calibrated than ``realnvp_deep`` on independent held-out sets, not shipped
+  (docs/validation/architectures.md).
 * ``realnvp10``: ``realnvp`` with 10 transforms (the shipped photo-z model's, MODEL_CARD.md).
 
 The artifact is a directory with ``weights.safetensors`` and ``config.json`` (architecture,
