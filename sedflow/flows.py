@@ -112,19 +112,22 @@ class SinhArcsinhTransform(Transform):
         super().__init__(**kwargs)
         self.pivot, self.width, self.skew, self.tail = pivot, width, skew, tail
 
-    def _call(self, x):
+    def call_and_ladj(self, x):
+        """y and log |dy/dx| with the asinh computed once (the training loss calls this)."""
         t = (x - self.pivot) / self.width
-        return self.pivot + self.width * torch.sinh(self.tail * torch.asinh(t) - self.skew)
+        a = self.tail * torch.asinh(t) - self.skew
+        log_cosh = a.abs() + torch.log1p(torch.exp(-2 * a.abs())) - math.log(2)
+        return self.pivot + self.width * torch.sinh(a), log_cosh + torch.log(self.tail) - 0.5 * torch.log1p(t * t)
+
+    def _call(self, x):
+        return self.call_and_ladj(x)[0]
 
     def _inverse(self, y):
         t = (y - self.pivot) / self.width
         return self.pivot + self.width * torch.sinh((torch.asinh(t) + self.skew) / self.tail)
 
     def log_abs_det_jacobian(self, x, y):
-        t = (x - self.pivot) / self.width
-        a = (self.tail * torch.asinh(t) - self.skew).abs()
-        log_cosh = a + torch.log1p(torch.exp(-2 * a)) - math.log(2)
-        return log_cosh + torch.log(self.tail) - 0.5 * torch.log1p(t * t)
+        return self.call_and_ladj(x)[1]
 
 
 class ConditionalSinhArcsinh(LazyTransform):
