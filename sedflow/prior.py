@@ -219,19 +219,20 @@ class Prior(_RowChecks):
         return np.column_stack([theta[:, 0], np.clip(z, 0, 1), theta[:, 5], theta[:, 6],
                                 np.log10(theta[:, 7:9]), theta[:, 9:12]])
 
-    def _from_box(self, box: np.ndarray) -> np.ndarray:
+    def _from_box(self, box, xp=np):
+        """Box coordinates (n, 11) -> theta (n, 12); ``xp``: numpy, or torch for `from_unconstrained_torch`."""
         z1, z2, z3 = box[:, 1], box[:, 2], box[:, 3]
         f1 = 1 - (1 - z1) ** (1 / 3)
-        f2 = 1 - np.sqrt(1 - z2)
+        f2 = 1 - xp.sqrt(1 - z2)
         f3 = z3
         b1 = f1
         b2 = (1 - b1) * f2
         b3 = (1 - b1 - b2) * f3
-        b4 = np.maximum(1 - b1 - b2 - b3, 0.0)
+        b4 = xp.clip(1 - b1 - b2 - b3, 0.0, None)
         glo, ghi = self.bounds["gamma"]
         # clip away floating-point round-off at the bounds (e.g. 10**log10(lo) < lo)
-        return np.column_stack([box[:, 0], b1, b2, b3, b4, box[:, 4], box[:, 5],
-                                np.clip(10.0 ** box[:, 6:8], glo, ghi), box[:, 8:11]])
+        return xp.column_stack([box[:, 0], b1, b2, b3, b4, box[:, 4], box[:, 5],
+                                xp.clip(10.0 ** box[:, 6:8], glo, ghi), box[:, 8:11]])
 
     def to_unconstrained(self, theta) -> np.ndarray:
         """Map theta (n, 12) inside the prior to u in R^11. Raises for rows outside."""
@@ -248,6 +249,16 @@ class Prior(_RowChecks):
             raise ValueError("u contains NaN/inf")
         box = np.clip(self._lo + _real_to_unit(u, self.unconstrained) * (self._hi - self._lo), self._lo, self._hi)
         return self._from_box(box)
+
+    def from_unconstrained_torch(self, u):
+        """`from_unconstrained` for a torch tensor u (n, 11), differentiable: for training losses on
+        theta (`sedflow.train.calibration_moments`). The box coordinates stay 1e-6 inside their
+        bounds, where the stick-breaking map's derivative is finite."""
+        import torch
+
+        lo, hi = (torch.as_tensor(a, dtype=u.dtype) for a in (self._lo, self._hi))
+        s = _real_to_unit_torch(u, self.unconstrained).clamp(1e-6, 1 - 1e-6)
+        return self._from_box(lo + s * (hi - lo), xp=torch)
 
     def from_unit_cube(self, s) -> np.ndarray:
         """Map s (n, 11) in [0, 1]^11, uniform, to theta (n, 12) distributed as the prior (the prior
@@ -357,6 +368,14 @@ class PriorWithRedshift(_RowChecks):
         z = np.clip(lo + _real_to_unit(u[:, -1], self.unconstrained) * (hi - lo), self._z_floor, hi)
         return np.column_stack([self.sed_prior.from_unconstrained(u[:, :-1]), z])
 
+    def from_unconstrained_torch(self, u):
+        """`Prior.from_unconstrained_torch` with z (u's last column) last."""
+        import torch
+
+        lo, hi = self.z_range
+        z = (lo + _real_to_unit_torch(u[:, -1], self.unconstrained) * (hi - lo)).clamp(self._z_floor, hi)
+        return torch.column_stack([self.sed_prior.from_unconstrained_torch(u[:, :-1]), z])
+
     def from_unit_cube(self, s) -> np.ndarray:
         s = np.asarray(s, dtype=float)
         if s.ndim != 2 or s.shape[1] != self.ndim_unconstrained:
@@ -387,6 +406,13 @@ def _unit_to_real(s, kind: str) -> np.ndarray:
 
 def _real_to_unit(u, kind: str) -> np.ndarray:
     return expit(u) if kind == "logit" else ndtr(u)
+
+
+def _real_to_unit_torch(u, kind: str):
+    """`_real_to_unit` for torch tensors."""
+    import torch
+
+    return torch.sigmoid(u) if kind == "logit" else torch.special.ndtr(u)
 
 
 def _log_du_ds(s, kind: str) -> np.ndarray:
