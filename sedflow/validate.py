@@ -7,7 +7,9 @@
    and TARP (`sedflow.diagnostics`), with the acceptance thresholds of the project (every
    parameter SBC KS p > 0.01, max p-p deviation < 0.05). With ``repeat_sets=K``, the SBC test
    again on K more independent held-out sets of ``n_test`` and on all of them pooled
-   (`repeated_calibration`): whether a failure belongs to the one set or to the model.
+   (`repeated_calibration`): whether a failure belongs to the one set or to the model. And how
+   often a calibrated posterior passes the same tests on the same galaxies
+   (`calibrated_pass_rates`): the thresholds do not scale with the number of galaxies.
 2. ANPE vs a reference sampler (same forward model and prior) on ``n_mcmc`` of those galaxies,
    at least a fifth of them (10 of 50) with a non-detection or a missing band when the model
    was trained on such galaxies: per-parameter |difference of medians| / reference sigma, ratio
@@ -30,19 +32,21 @@ from pathlib import Path
 
 import numpy as np
 
-from sedflow.diagnostics import calibration_report, plot_pp, plot_rank_histograms, plot_tarp, sbc_metrics, sbc_ranks, tarp
+from sedflow.diagnostics import (calibration_report, max_pp_deviation_of_ranks, null_ranks, plot_pp, plot_rank_histograms,
+                                 plot_tarp, sbc_metrics, sbc_ranks, tarp)
 from sedflow.figures import best_fit, plot_sed_fits
 from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, PriorWithRedshift
 
-__all__ = ["held_out_simulations", "reference_galaxies", "repeated_calibration", "width_comparison",
+__all__ = ["held_out_simulations", "reference_galaxies", "calibrated_pass_rates", "repeated_calibration", "width_comparison",
            "photoz_real_data", "reference_sky_flux", "validate", "THRESHOLDS", "REFERENCES", "LIKELIHOODS"]
 
 THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
 
 
 MIN_SUBSET = 50   # smallest subset of held-out simulations whose calibration is reported
+NULL_REPLICATES = 200   # pseudo-truths per galaxy in `calibrated_pass_rates` (pass rates +- 0.035 at most)
 
 
 def _calibration(samples, truths, names=PARAM_NAMES) -> dict:
@@ -52,6 +56,31 @@ def _calibration(samples, truths, names=PARAM_NAMES) -> dict:
         "sbc": all(p["sbc_ks_pvalue"] > THRESHOLDS["sbc_ks_pvalue_min"] for p in params.values()),
         "pp": all(p["max_pp_deviation"] < THRESHOLDS["max_pp_deviation_max"] for p in params.values())}
     return cal
+
+
+def calibrated_pass_rates(samples, subsets: dict, n_replicates: int = NULL_REPLICATES) -> dict:
+    """How often a calibrated posterior passes the report's calibration criteria (`THRESHOLDS`) on
+    these very galaxies: ``n_replicates`` times, one of each galaxy's own draws is its truth,
+    ranked among the other draws (`sedflow.diagnostics.null_ranks`), and the tests are run on
+    every set of rows in ``subsets`` (name: boolean mask) as on the real truths. The thresholds
+    do not scale with the number of galaxies, so a calibrated posterior fails some of them by
+    chance, most often the p-p deviation of a subset of a few hundred galaxies.
+
+    Returns ``{"n_replicates", "sets": {name: {"sbc", "pp"}}, "every"}``: the fraction of replicates
+    passing each test on each set, and every test on every set at once.
+    """
+    n_draws = samples.shape[1] - 1                   # a pseudo-truth is ranked among the others
+    null = null_ranks(samples, n_replicates)
+    passes = {name: {"sbc": np.empty(n_replicates, bool), "pp": np.empty(n_replicates, bool)} for name in subsets}
+    for k, ranks in enumerate(null):
+        for name, rows in subsets.items():
+            p = sbc_metrics(ranks[rows], n_draws, seed=k)["ks_pvalue"]
+            passes[name]["sbc"][k] = p.min() > THRESHOLDS["sbc_ks_pvalue_min"]
+            passes[name]["pp"][k] = max_pp_deviation_of_ranks(ranks[rows], n_draws).max() < THRESHOLDS["max_pp_deviation_max"]
+    every = np.all([v for tests in passes.values() for v in tests.values()], axis=0)
+    return {"n_replicates": n_replicates,
+            "sets": {name: {test: float(v.mean()) for test, v in tests.items()} for name, tests in passes.items()},
+            "every": float(every.mean())}
 
 
 def held_out_simulations(post, sed, n: int, seed: int, population=None) -> dict:
@@ -490,8 +519,11 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     # the galaxies real catalogs are hardest on, when the model was trained on them
     subsets = {"non_detection": np.any(sims["flux"] <= 0, axis=1),
                "missing_band": np.any(~np.isfinite(sims["flux"]), axis=1)}
+    subsets = {name: rows for name, rows in subsets.items() if rows.sum() >= MIN_SUBSET}
     cal["subsets"] = {name: {"n": int(rows.sum()), **_calibration(samples[rows], sims["theta"][rows], names)}
-                      for name, rows in subsets.items() if rows.sum() >= MIN_SUBSET}
+                      for name, rows in subsets.items()}
+    cal["calibrated_pass_rates"] = calibrated_pass_rates(
+        samples, {"all": np.ones(n_test, bool), **subsets}, min(NULL_REPLICATES, n_samples))
     metrics["calibration"] = cal
     plot_pp(samples, sims["theta"], list(names), out / "pp.png")
     plot_rank_histograms(sbc_ranks(samples, sims["theta"]), n_samples, list(names), out / "sbc_ranks.png")
@@ -567,6 +599,12 @@ def _report_md(m: dict) -> str:
         lines.append(f"- {name.replace('_', ' ')} ({sub['n']} simulations): SBC "
                      f"**{'pass' if sub['passes']['sbc'] else 'FAIL'}** (lowest KS p {worst:.3f}), p-p "
                      f"**{'pass' if sub['passes']['pp'] else 'FAIL'}** (largest deviation {dev:.3f})")
+    if "calibrated_pass_rates" in cal:
+        null = cal["calibrated_pass_rates"]
+        lines += ["", "How often a calibrated posterior passes these tests on these galaxies (each galaxy's own draws "
+                  f"as its truth, {null['n_replicates']} times; `sedflow.validate.calibrated_pass_rates`): "
+                  + "; ".join(f"{name.replace('_', ' ')}: SBC {v['sbc']:.0%}, p-p {v['pp']:.0%}" for name, v in null["sets"].items())
+                  + f"; every test at once {null['every']:.0%}."]
     lines += ["", "![p-p](pp.png) ![ranks](sbc_ranks.png) ![tarp](tarp.png)", ""]
     if "calibration_repeated" in m:
         rc = m["calibration_repeated"]

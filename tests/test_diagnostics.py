@@ -160,3 +160,28 @@ def test_plots_are_written(tmp_path):
     ]
     for p in paths:
         assert p.exists() and p.stat().st_size > 1000
+
+
+def test_null_ranks_known_values():
+    samples = np.array([3.0, 1.0, 2.0, 0.0, 1.0])[None, :, None]
+    # draw k ranked among the other draws, strictly below (the tie 1.0 == 1.0 does not count)
+    assert d.null_ranks(samples, 5)[:, 0, 0].tolist() == [4, 1, 3, 0, 1]
+    with pytest.raises(ValueError):
+        d.null_ranks(samples, 6)
+
+
+def test_null_ranks_are_calibrated_whatever_the_posterior():
+    """The null does not look at the truths: on the overconfident toy, whose real ranks fail
+    every test, the null's KS p-values are uniform over replicates and its p-p deviations
+    follow the Kolmogorov distribution (95th percentile 1.36 / sqrt(n_sims))."""
+    s, t = toy("overconfident", n_sims=400, n_samples=300)
+    assert (d.sbc_metrics(d.sbc_ranks(s, t), 300)["ks_pvalue"] < 1e-6).all()
+    null = d.null_ranks(s, 200)
+    assert null.shape == (200, 400, 3) and null.min() == 0 and null.max() <= 299
+    p = np.array([d.sbc_metrics(r, 299, seed=k)["ks_pvalue"] for k, r in enumerate(null)])
+    # 600 p-values, nearly independent: their fraction below 0.1 is 0.1 +- 0.012
+    assert abs((p < 0.1).mean() - 0.1) < 0.045 and abs(np.median(p) - 0.5) < 0.1
+    dev = np.array([d.max_pp_deviation_of_ranks(r, 299) for r in null])
+    assert np.percentile(dev, 95) == pytest.approx(1.358 / np.sqrt(400), rel=0.2)
+    # the p-p deviation from ranks is the one from samples
+    np.testing.assert_array_equal(d.max_pp_deviation_of_ranks(d.sbc_ranks(s, t), 300), d.max_pp_deviation(s, t))
