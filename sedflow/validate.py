@@ -485,7 +485,8 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     kept in ``mcmc_dir`` (default ``out_dir/mcmc``) and reused by any later report on the same
     galaxies and settings, whatever the flow. The held-out galaxies are a function of ``n_test``
     (`simulate_rows` sizes its batches by it), ``seed`` and the model's simulation settings, so
-    a report with another ``n_test`` samples new galaxies and runs new chains. ``baseline`` (a
+    a report with another ``n_test`` draws other galaxies (new redshifts and noise; some parameter
+    vectors repeat, 1,094 of 3,000 between n_test 3,000 and 6,500) and runs new chains. ``baseline`` (a
     model name or directory) adds `width_comparison` against it. For a photo-z model the
     calibration includes z, the reference samples z too, and `photoz_real_data` runs on the SDSS
     catalogs with spectroscopic redshifts (`_photoz_catalogs`, when the model has their filters) with
