@@ -224,8 +224,8 @@ def max_pp_deviation(samples: Any, truths: Any, levels: Any = None) -> np.ndarra
     -------
     (n_params,) array
     """
-    levels, cdf = pp_curve(samples, truths, levels)
-    return np.abs(cdf - levels[:, None]).max(axis=0)
+    s, t = _check(samples, truths)
+    return max_pp_deviation_of_ranks(sbc_ranks(s, t), s.shape[1], levels)
 
 
 def max_pp_deviation_of_ranks(ranks: Any, n_samples: int, levels: Any = None) -> np.ndarray:

@@ -49,12 +49,16 @@ MIN_SUBSET = 50   # smallest subset of held-out simulations whose calibration is
 NULL_REPLICATES = 200   # pseudo-truths per galaxy in `calibrated_pass_rates` (pass rates +- 0.035 at most)
 
 
+def _passes(ks_pvalues, pp_deviations) -> dict:
+    """The report's calibration verdicts (`THRESHOLDS`) from every parameter's SBC KS p and max p-p deviation."""
+    return {"sbc": bool(np.min(ks_pvalues) > THRESHOLDS["sbc_ks_pvalue_min"]),
+            "pp": bool(np.max(pp_deviations) < THRESHOLDS["max_pp_deviation_max"])}
+
+
 def _calibration(samples, truths, names=PARAM_NAMES) -> dict:
     cal = calibration_report(samples, truths, names=list(names))
-    params = cal["parameters"]
-    cal["passes"] = {
-        "sbc": all(p["sbc_ks_pvalue"] > THRESHOLDS["sbc_ks_pvalue_min"] for p in params.values()),
-        "pp": all(p["max_pp_deviation"] < THRESHOLDS["max_pp_deviation_max"] for p in params.values())}
+    params = cal["parameters"].values()
+    cal["passes"] = _passes([p["sbc_ks_pvalue"] for p in params], [p["max_pp_deviation"] for p in params])
     return cal
 
 
@@ -70,17 +74,14 @@ def calibrated_pass_rates(samples, subsets: dict, n_replicates: int = NULL_REPLI
     passing each test on each set, and every test on every set at once.
     """
     n_draws = samples.shape[1] - 1                   # a pseudo-truth is ranked among the others
-    null = null_ranks(samples, n_replicates)
-    passes = {name: {"sbc": np.empty(n_replicates, bool), "pp": np.empty(n_replicates, bool)} for name in subsets}
-    for k, ranks in enumerate(null):
-        for name, rows in subsets.items():
-            p = sbc_metrics(ranks[rows], n_draws, seed=k)["ks_pvalue"]
-            passes[name]["sbc"][k] = p.min() > THRESHOLDS["sbc_ks_pvalue_min"]
-            passes[name]["pp"][k] = max_pp_deviation_of_ranks(ranks[rows], n_draws).max() < THRESHOLDS["max_pp_deviation_max"]
-    every = np.all([v for tests in passes.values() for v in tests.values()], axis=0)
+    verdicts = [{name: _passes(sbc_metrics(ranks[rows], n_draws, seed=k)["ks_pvalue"],
+                               max_pp_deviation_of_ranks(ranks[rows], n_draws))
+                 for name, rows in subsets.items()}
+                for k, ranks in enumerate(null_ranks(samples, n_replicates))]
     return {"n_replicates": n_replicates,
-            "sets": {name: {test: float(v.mean()) for test, v in tests.items()} for name, tests in passes.items()},
-            "every": float(every.mean())}
+            "sets": {name: {test: float(np.mean([v[name][test] for v in verdicts])) for test in ("sbc", "pp")}
+                     for name in subsets},
+            "every": float(np.mean([all(all(t.values()) for t in v.values()) for v in verdicts]))}
 
 
 def held_out_simulations(post, sed, n: int, seed: int, population=None) -> dict:
