@@ -1,0 +1,25 @@
+"""Fine-tune the shipped sdss model on its own simulations with errors reported as the noise's own
+sigma (simulate --reported-errors true), so that Eq. 1 (sigma fixed at the reported error) is the
+simulator's likelihood. Usage: python ft_true.py SIMS_DIR OUT_DIR (SIMS_DIR: the model's training
+simulations, sims_v8). An experiment (README.md here), not a supported recipe."""
+import json, sys
+from pathlib import Path
+import sedflow.train as T
+
+sims, out = sys.argv[1], Path(sys.argv[2])
+original = T.training_data
+
+
+def reported_as_true(data_dir):
+    shards, manifest, fingerprint = original(data_dir)
+    manifest = json.loads(json.dumps(manifest))
+    manifest["config"]["reported_errors"] = "true"      # renoise draws errors this way
+    return shards, manifest, fingerprint
+
+
+T.training_data = reported_as_true
+result = T.calibrate("sdss", sims, out, weight=100.0, progress=False)
+cfg = json.loads((out / "config.json").read_text())
+cfg["simulation"]["reported_errors"] = "true"             # held-out sets are drawn this way
+(out / "config.json").write_text(json.dumps(cfg, indent=1))
+print(json.dumps(result, indent=1))
