@@ -37,20 +37,16 @@ from sedflow.mcmc import (_blas_threads, check_measurements, check_prior, check_
                            log_likelihood)
 from sedflow.prior import PARAM_NAMES
 
-__all__ = ["NestedResult", "run_nested"]
+__all__ = ["NestedResult", "WeightedRun", "run_nested"]
 
 
 @dataclass
-class NestedResult:
-    """Posterior of one galaxy from `run_nested`.
-
-    samples : (n, 12) equal-weight posterior draws of theta (nautilus's ``equal_weight``
-    resampling). log_likelihood : (n,) their log L. n_eff : nautilus's effective sample size of
-    the weighted sample. log_evidence : log Z.
-    converged : the run stopped on its criteria (``f_live`` reached and ``n_eff`` met), not on
-    ``n_like_max``. n_evaluations : likelihood calls. best_theta, best_chi2 : the largest-L point.
-    seconds, seed, z, n_live, n_eff_target, f_live : the run.
-    """
+class WeightedRun:
+    """A posterior of one galaxy as equal-weight draws resampled from a weighted sample (nested or
+    importance sampling). samples : (n, 12 or 13) draws of theta; log_likelihood : (n,) their log L;
+    n_eff : effective sample size of the weighted sample; log_evidence : log Z; converged : the
+    run met its criteria; n_evaluations : likelihood calls; best_theta, best_chi2 : the largest-L
+    point; seconds, seed, z, n_eff_target : the run."""
 
     samples: np.ndarray
     log_likelihood: np.ndarray
@@ -63,21 +59,40 @@ class NestedResult:
     seconds: float
     seed: int | None
     z: float | None
-    n_live: int
     n_eff_target: int
-    f_live: float
-    names: tuple = PARAM_NAMES
+
+    sampler = "weighted"
+
+    def settings(self) -> dict:
+        """The sampler's own settings, for the summary."""
+        return {}
 
     def summary(self) -> dict:
         """JSON-serialisable summary (`sedflow.mcmc.write_samples` stores it with the draws)."""
         p16, p50, p84 = np.percentile(self.samples, (16, 50, 84), axis=0)
-        return {"sampler": "nautilus",
+        return {"sampler": self.sampler,
                 "parameters": {n: {"median": float(p50[i]), "p16": float(p16[i]), "p84": float(p84[i]),
                                    "best": float(self.best_theta[i])} for i, n in enumerate(self.names)},
                 "converged": bool(self.converged), "n_eff": float(self.n_eff), "log_evidence": float(self.log_evidence),
                 "best_chi2": float(self.best_chi2), "n_evaluations": int(self.n_evaluations),
-                "seconds": float(self.seconds), "seed": self.seed, "z": self.z, "n_live": self.n_live,
-                "n_eff_target": self.n_eff_target, "f_live": self.f_live, "n_samples": int(len(self.samples))}
+                "seconds": float(self.seconds), "seed": self.seed, "z": self.z, "n_eff_target": self.n_eff_target,
+                **self.settings(), "n_samples": int(len(self.samples))}
+
+
+@dataclass
+class NestedResult(WeightedRun):
+    """Posterior of one galaxy from `run_nested` (`WeightedRun`): draws from nautilus's
+    ``equal_weight`` resampling, its effective sample size; converged : the run stopped on its
+    criteria (``f_live`` reached and ``n_eff`` met), not on ``n_like_max``. n_live, f_live : the run.
+    """
+
+    n_live: int = 500
+    f_live: float = 0.01
+    names: tuple = PARAM_NAMES
+    sampler = "nautilus"
+
+    def settings(self) -> dict:
+        return {"n_live": self.n_live, "f_live": self.f_live}
 
 
 def run_nested(flux, flux_err, z, model=None, prior=None, n_live: int = 500, n_eff: int = 2000,

@@ -268,6 +268,11 @@ class Prior(_RowChecks):
             raise ValueError(f"s must have shape (n, {self.ndim_unconstrained}), got {s.shape}")
         return self._from_box(np.clip(self._lo + s * (self._hi - self._lo), self._lo, self._hi))
 
+    def to_unit_cube(self, theta) -> np.ndarray:
+        """Map theta (n, 12) inside the prior to s (n, 11) in [0, 1]^11: the inverse of `from_unit_cube`."""
+        theta = self.require_support(theta)
+        return np.clip((self._to_box(theta) - self._lo) / (self._hi - self._lo), 0.0, 1.0)
+
     def log_abs_det_jacobian(self, theta) -> np.ndarray:
         """log |det du/dtheta| over the 11 free coordinates, shape (n,).
 
@@ -383,6 +388,10 @@ class PriorWithRedshift(_RowChecks):
         lo, hi = self.z_range
         z = np.clip(lo + s[:, -1] * (hi - lo), self._z_floor, hi)
         return np.column_stack([self.sed_prior.from_unit_cube(s[:, :-1]), z])
+
+    def to_unit_cube(self, theta) -> np.ndarray:
+        theta = self.require_support(theta)
+        return np.column_stack([self.sed_prior.to_unit_cube(theta[:, :-1]), np.clip(self._s(theta[:, -1]), 0.0, 1.0)])
 
     def log_abs_det_jacobian(self, theta) -> np.ndarray:
         theta = self.require_support(theta)

@@ -14,8 +14,11 @@
    at least a fifth of them (10 of 50) with a non-detection or a missing band when the model
    was trained on such galaxies: per-parameter |difference of medians| / reference sigma, ratio
    of widths, wall times, convergence, and a corner overlay with photometry and both best-fit
-   SEDs (paper Fig. 2). The reference is nautilus nested sampling (`sedflow.nested`, converges
-   here) or the paper's zeus MCMC (`sedflow.mcmc`, does not at the paper's chain length), with
+   SEDs (paper Fig. 2). The reference is defensive importance sampling with a proposal fitted to
+   the flow's draws (default; `sedflow.importance`: exact, its noise set by its effective sample
+   size, whatever the flow), nautilus nested sampling (`sedflow.nested`, converges by its own
+   criteria but is biased where the likelihood is flat) or the paper's zeus MCMC
+   (`sedflow.mcmc`, does not converge at the paper's chain length), with
    the catalog likelihood of the paper's Eq. 1 (sigma = the reported error) or, with
    ``likelihood="simulator"``, the likelihood the training simulations were drawn from (sigma
    follows the model flux, `sedflow.mcmc.simulator_flux_error`): the posterior the flow learns,
@@ -35,6 +38,7 @@ import numpy as np
 from sedflow.diagnostics import (calibration_report, max_pp_deviation_of_ranks, null_ranks, plot_pp, plot_rank_histograms,
                                  plot_tarp, sbc_metrics, sbc_ranks, tarp)
 from sedflow.figures import best_fit, plot_sed_fits
+from sedflow.importance import fit_proposal
 from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, PriorWithRedshift
@@ -160,7 +164,7 @@ def _population_calibration(post, sed, n: int, n_samples: int, seed: int, out) -
             "population_ess": {"median": float(np.median(ess)), "p5": float(np.percentile(ess, 5))}}
 
 
-REFERENCES = ("nautilus", "zeus")
+REFERENCES = ("nautilus", "zeus", "importance")
 LIKELIHOODS = ("catalog", "simulator")
 
 
@@ -196,13 +200,14 @@ def reference_galaxies(sims, n: int) -> np.ndarray:
 
 
 def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
-    """What determines galaxy i's chain: its photometry, z, seed, the sampler and its settings,
-    the SED model and the prior (not the flow). JSON-normalised, as it is stored. Nautilus draws in the
-    prior's unit cube, so for it the prior is its distribution over theta, whatever map to the
-    unconstrained coordinates the model uses (zeus walks those coordinates: for it the map counts)."""
+    """What determines galaxy i's chain: its photometry, z, seed, the sampler and its settings
+    (for importance sampling its proposal, fitted to the flow's draws), the SED model and the prior.
+    JSON-normalised, as it is stored. Nautilus and importance sampling draw in the prior's unit cube,
+    so for them the prior is its distribution over theta, whatever map to the unconstrained
+    coordinates the model uses (zeus walks those coordinates: for it the map counts)."""
     z = None if isinstance(prior, PriorWithRedshift) else float(sims["z"][i])      # None: z is sampled too
     described = prior.to_dict()
-    if reference == "nautilus":
+    if reference in ("nautilus", "importance"):
         described.pop("unconstrained", None)
     request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": z,
                "seed": int(seed + i), "sampler": reference, "options": dict(sorted((mcmc_options or {}).items())),
@@ -211,26 +216,30 @@ def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
 
 
 def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chain_dir, address=None,
-                 likelihood: str = "catalog") -> list[tuple]:
+                 likelihood: str = "catalog", galaxy_options: dict | None = None) -> list[tuple]:
     """(samples, summary) of the reference sampler for the held-out ``galaxies``, read from
     ``chain_dir`` where a file there was run on the same request (files of the simulator likelihood
     are named apart, so both kinds can share a directory); the others run as Ray tasks,
     one galaxy per CPU (local Ray, or the cluster at ``address``: one galaxy takes about a
     minute) and each is written to ``chain_dir`` as it finishes. The chains do not depend on the
-    flow, so an interrupted report resumes, and another model is validated against the same chains."""
+    flow, so an interrupted report resumes, and another model is validated against the same chains
+    (importance sampling: ``galaxy_options`` {galaxy: {"proposal": ...}} adds each galaxy's proposal,
+    fitted to the flow's draws, so there another flow reruns the galaxies)."""
     import ray
     from tqdm.auto import tqdm
 
+    from sedflow.importance import run_importance
     from sedflow.mcmc import read_samples, run_mcmc, write_samples
     from sedflow.nested import run_nested
     from sedflow.ray_utils import ray_session
 
     if reference not in REFERENCES:
         raise ValueError(f"unknown reference sampler {reference!r}; choose from {REFERENCES}")
-    run = {"nautilus": run_nested, "zeus": run_mcmc}[reference]
+    run = {"nautilus": run_nested, "zeus": run_mcmc, "importance": run_importance}[reference]
+    options = {i: {**(mcmc_options or {}), **(galaxy_options or {}).get(i, {})} for i in galaxies}
     chain_dir = Path(chain_dir)
     chain_dir.mkdir(parents=True, exist_ok=True)
-    requests = {i: _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) for i in galaxies}
+    requests = {i: _mcmc_request(sed, prior, sims, i, seed, reference, options[i]) for i in galaxies}
     tag = "" if likelihood == "catalog" else f"-{likelihood}-likelihood"
     paths = {i: chain_dir / f"galaxy-{i:04d}{tag}.parquet" for i in galaxies}
     chains, todo = {}, []
@@ -248,7 +257,7 @@ def _mcmc_chains(sed, prior, sims, galaxies, seed, reference, mcmc_options, chai
             task = ray.remote(run).options(num_cpus=1)        # one galaxy per CPU
             sed_ref, prior_ref = ray.put(sed), ray.put(prior)
             refs = {task.remote(sims["flux"][i], sims["flux_err"][i], requests[i]["z"], model=sed_ref, prior=prior_ref,
-                                seed=int(seed + i), **(mcmc_options or {})): i for i in todo}
+                                seed=int(seed + i), **options[i]): i for i in todo}
             pending = list(refs)
             with tqdm(total=len(galaxies), initial=len(galaxies) - len(todo), desc=reference, unit="galaxy") as bar:
                 while pending:
@@ -264,8 +273,9 @@ def _reference_noise(m, meta) -> np.ndarray:
     """The reference's own noise on its medians, in units of its sigma, per parameter. zeus: the
     offset between the two halves (in iterations) of the kept chain (samples walker-major; with
     independent halves the full chain's median scatters by about half of it). nautilus: the
-    standard error of a median from its effective sample size, sqrt(pi / 2) / sqrt(n_eff)."""
-    if meta.get("sampler") == "nautilus":
+    standard error of a median from its effective sample size, sqrt(pi / 2) / sqrt(n_eff); the same
+    for importance sampling, with Kish's effective sample size."""
+    if meta.get("sampler") in ("nautilus", "importance"):
         return np.full(m.shape[1], np.sqrt(np.pi / 2) / np.sqrt(max(meta["n_eff"], 1.0)))
     sig = np.maximum(np.std(m, axis=0), 1e-12)
     per_walker = m.reshape(meta["n_walkers"], -1, m.shape[1])
@@ -287,14 +297,19 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
         t0 = time.perf_counter()
         anpe.append(post.sample(sims["x"][i:i + 1], n_samples, seed=int(seed + i))[0])
         t_anpe.append(time.perf_counter() - t0)
-    chains = _mcmc_chains(sed, post.prior, sims, galaxies, seed, reference, options, chain_dir, address, likelihood)
+    proposals = ({i: {"proposal": fit_proposal(post.prior, a)} for i, a in zip(galaxies, anpe)}
+                 if reference == "importance" else None)
+    chains = _mcmc_chains(sed, post.prior, sims, galaxies, seed, reference, options, chain_dir, address, likelihood,
+                          proposals)
 
     rows = []
     for i, a, (m, meta) in zip(galaxies, anpe, chains):
         sig = np.maximum(np.std(m, axis=0), 1e-12)
-        diagnostics = ({"n_eff": meta["n_eff"], "n_evaluations": meta["n_evaluations"]} if reference == "nautilus" else
-                       {"max_autocorr_time": max(p["autocorr_time"] for p in meta["parameters"].values()),
-                        "max_rhat": max(p["rhat"] for p in meta["parameters"].values())})
+        if reference == "zeus":
+            diagnostics = {"max_autocorr_time": max(p["autocorr_time"] for p in meta["parameters"].values()),
+                           "max_rhat": max(p["rhat"] for p in meta["parameters"].values())}
+        else:
+            diagnostics = {"n_eff": meta["n_eff"], "n_evaluations": meta["n_evaluations"]}
         rows.append({"galaxy": int(i), "hard": bool(_hard(sims["flux"][i])),
                      "offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
                      "reference_noise": _reference_noise(m, meta).tolist(),
@@ -312,6 +327,7 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
     return {"reference": reference, "options": dict(mcmc_options or {}), "likelihood": likelihood,
             "n": len(rows), "n_hard": int(hard.sum()),
             "converged": int(sum(r["converged"] for r in rows)), "chain_dir": str(chain_dir),
+            **({"min_n_eff": float(min(r["n_eff"] for r in rows))} if reference != "zeus" else {}),
             "median_abs_offset_over_sigma": dict(zip(names, np.median(offset, 0).tolist())),
             "median_abs_offset_over_sigma_hard": (dict(zip(names, np.median(offset[hard], 0).tolist()))
                                                   if hard.any() else None),
@@ -475,16 +491,17 @@ def _chi2_p95(dof: int) -> float:
 
 
 def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 10000, n_mcmc: int = 50,
-             catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, reference: str = "nautilus",
+             catalog=None, catalog_spec: str = "nsa", seed: int = 20260101, reference: str = "importance",
              mcmc_options: dict | None = None, address: str | None = None, mcmc_dir=None, baseline=None,
              specz_model="sdss", photoz_samples: int = 1000, precision: str = "auto", repeat_sets: int = 0,
              likelihood: str = "catalog") -> dict:
     """Write the validation report to ``out_dir``; returns the metrics dict. ``reference``: the
     sampler ANPE is compared with (`REFERENCES`), ``mcmc_options`` its keyword arguments
-    (`sedflow.nested.run_nested` or `sedflow.mcmc.run_mcmc`). The reference runs go to
-    the Ray cluster at ``address`` (default: a local Ray on this machine's CPUs); their chains are
-    kept in ``mcmc_dir`` (default ``out_dir/mcmc``) and reused by any later report on the same
-    galaxies and settings, whatever the flow. The held-out galaxies are a function of ``n_test``
+    (`sedflow.nested.run_nested`, `sedflow.importance.run_importance` or `sedflow.mcmc.run_mcmc`).
+    The reference runs go to the Ray cluster at ``address`` (default: a local Ray on this machine's
+    CPUs); their chains are kept in ``mcmc_dir`` (default ``out_dir/mcmc``) and reused by any later
+    report on the same galaxies and settings, whatever the flow (importance sampling: the same flow,
+    whose draws its proposal is fitted to). The held-out galaxies are a function of ``n_test``
     (`simulate_rows` sizes its batches by it), ``seed`` and the model's simulation settings, so
     a report with another ``n_test`` draws other galaxies (new redshifts and noise; some parameter
     vectors repeat, 1,094 of 3,000 between n_test 3,000 and 6,500) and runs new chains. ``baseline`` (a
@@ -631,7 +648,7 @@ def _report_md(m: dict) -> str:
                   *_calibration_table(pc["parameters"]), "", "![p-p population prior](pp_population_prior.png)", ""]
     if "mcmc" in m:
         mc = m["mcmc"]
-        noise = ("the standard error of its medians from its effective sample size" if mc["reference"] == "nautilus"
+        noise = ("the standard error of its medians from its effective sample size" if mc["reference"] != "zeus"
                  else "the same offset between the two halves (in iterations) of each kept chain; with independent "
                       "halves the full chain's median scatters by about half of it")
         likelihood = {"catalog": "the catalog likelihood (Eq. 1: sigma = the reported error)",
@@ -640,7 +657,9 @@ def _report_md(m: dict) -> str:
         lines += [f"## ANPE vs {mc['reference']}", "",
                   f"{mc['n']} galaxies, {mc['n_hard']} of them with a non-detection or a missing band; the reference "
                   f"samples {likelihood} "
-                  f"({mc['converged']} reference runs converged; settings {mc['options']}); ANPE "
+                  f"({mc['converged']} reference runs converged"
+                  + (f", smallest effective sample size {mc['min_n_eff']:.0f}" if "min_n_eff" in mc else "")
+                  + f"; settings {mc['options']}); ANPE "
                   f"{mc['anpe_seconds_per_galaxy']:.3f} s vs {mc['reference']} "
                   f"{mc['reference_seconds_per_galaxy']:.1f} s "
                   f"per galaxy. Median |d median| / sigma < {m['thresholds']['mcmc_median_offset_max']}: "

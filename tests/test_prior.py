@@ -159,6 +159,20 @@ def test_unit_cube_transform_draws_the_prior(prior):
         prior.from_unit_cube(s[:, :5])
 
 
+@pytest.mark.parametrize("make", [Prior, lambda: PriorWithRedshift(Prior(), (0.0, 0.6))])
+def test_to_unit_cube_inverts_from_unit_cube(make):
+    """`to_unit_cube` is the inverse of the prior transform (the importance reference sets its box
+    in these coordinates from posterior draws), and prior draws land uniform in the cube."""
+    p = make()
+    s = np.random.default_rng(7).uniform(size=(2000, p.ndim_unconstrained))
+    np.testing.assert_allclose(p.to_unit_cube(p.from_unit_cube(s)), s, rtol=0, atol=1e-9)
+    back = p.to_unit_cube(p.sample(20000, seed=8))
+    for k in range(p.ndim_unconstrained):
+        assert stats.kstest(back[:, k], "uniform").pvalue > 1e-3, k
+    with pytest.raises(ValueError):
+        p.to_unit_cube(np.full((1, p.ndim), np.nan))
+
+
 @pytest.mark.parametrize("make", [lambda: Prior(unconstrained="probit"), lambda: Prior(unconstrained="logit"),
                                   lambda: PriorWithRedshift(Prior(unconstrained="probit"), (0.0, 0.6))])
 def test_torch_map_matches_numpy_and_has_finite_gradients(make):

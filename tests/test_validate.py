@@ -86,14 +86,40 @@ def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_loca
 
 
 def test_nautilus_reference_converges_and_picks_hard_galaxies(tmp_path, ray_local, nsa60):
-    """The default reference (nautilus) reports its convergence and noise, and a fifth of the
-    compared galaxies have a non-detection or a missing band when the model takes them."""
-    m = validate(tmp_path / "n", n_test=200, n_samples=200, n_mcmc=5, catalog=nsa60,
+    """The nautilus reference reports its convergence and noise, and a fifth of the compared
+    galaxies have a non-detection or a missing band when the model takes them."""
+    m = validate(tmp_path / "n", n_test=200, n_samples=200, n_mcmc=5, catalog=nsa60, reference="nautilus",
                  mcmc_options={"n_live": 100, "n_eff": 300})["mcmc"]
     assert m["reference"] == "nautilus" and m["n"] == 5 and m["n_hard"] >= 1
     assert m["converged"] == 5 and all(g["n_eff"] >= 0.95 * 300 for g in m["galaxies"])
     noise = np.array(list(m["median_reference_noise_over_sigma"].values()))
     assert np.allclose(noise, noise[0]) and 0 < noise[0] < 0.1         # sqrt(pi/2 / n_eff)
+
+
+def test_importance_reference_reports_its_sample_size_and_reuses_its_runs(tmp_path, ray_local, nsa60):
+    """The importance-sampling reference (the default) runs with a proposal fitted to each galaxy's flow draws
+    (stored in the run's request), reports its effective sample sizes and their noise, and a
+    second report with the same model reads the runs back."""
+    from sedflow.mcmc import read_samples
+
+    opts = {"n_eff": 200, "max_draws": 300_000, "batch": 20_000}
+    chains = tmp_path / "chains"
+    m = validate(tmp_path / "i", n_test=200, n_samples=500, n_mcmc=2, catalog=nsa60, mcmc_options=opts,
+                 mcmc_dir=chains)["mcmc"]
+    assert m["reference"] == "importance" and m["n"] == 2
+    assert m["min_n_eff"] == min(g["n_eff"] for g in m["galaxies"]) > 0
+    assert m["converged"] == sum(g["n_eff"] >= 200 for g in m["galaxies"])
+    noise = np.array(list(m["median_reference_noise_over_sigma"].values()))
+    assert np.all((noise > 0) & (noise < 1))
+    assert "smallest effective sample size" in (tmp_path / "i" / "report.md").read_text()
+    files = sorted(chains.glob("galaxy-*.parquet"))
+    samples, meta = read_samples(files[0])
+    assert meta["sampler"] == "importance" and len(meta["request"]["options"]["proposal"]["mean"]) == 11
+    assert samples.shape == (20_000, 12)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = validate(tmp_path / "j", n_test=200, n_samples=500, n_mcmc=2, catalog=nsa60, reference="importance",
+                     mcmc_options=opts, mcmc_dir=chains)["mcmc"]
+    assert [f.stat().st_mtime_ns for f in files] == stamps and again["galaxies"] == m["galaxies"]
 
 
 def test_simulator_likelihood_needs_simulations_with_sky_limited_observed_errors():
