@@ -38,7 +38,6 @@ import numpy as np
 from sedflow.diagnostics import (calibration_report, max_pp_deviation_of_ranks, null_ranks, plot_pp, plot_rank_histograms,
                                  plot_tarp, sbc_metrics, sbc_ranks, tarp)
 from sedflow.figures import best_fit, plot_sed_fits
-from sedflow.importance import fit_proposal
 from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, PriorWithRedshift
@@ -165,6 +164,9 @@ def _population_calibration(post, sed, n: int, n_samples: int, seed: int, out) -
 
 
 REFERENCES = ("nautilus", "zeus", "importance")
+# the references that sample in the prior's unit cube and end in a weighted sample with an
+# effective sample size (zeus is a Markov chain in the unconstrained coordinates)
+WEIGHTED_REFERENCES = ("nautilus", "importance")
 LIKELIHOODS = ("catalog", "simulator")
 
 
@@ -207,7 +209,7 @@ def _mcmc_request(sed, prior, sims, i, seed, reference, mcmc_options) -> dict:
     coordinates the model uses (zeus walks those coordinates: for it the map counts)."""
     z = None if isinstance(prior, PriorWithRedshift) else float(sims["z"][i])      # None: z is sampled too
     described = prior.to_dict()
-    if reference in ("nautilus", "importance"):
+    if reference in WEIGHTED_REFERENCES:
         described.pop("unconstrained", None)
     request = {"flux": sims["flux"][i].tolist(), "flux_err": sims["flux_err"][i].tolist(), "z": z,
                "seed": int(seed + i), "sampler": reference, "options": dict(sorted((mcmc_options or {}).items())),
@@ -275,7 +277,7 @@ def _reference_noise(m, meta) -> np.ndarray:
     independent halves the full chain's median scatters by about half of it). nautilus: the
     standard error of a median from its effective sample size, sqrt(pi / 2) / sqrt(n_eff); the same
     for importance sampling, with Kish's effective sample size."""
-    if meta.get("sampler") in ("nautilus", "importance"):
+    if meta.get("sampler") in WEIGHTED_REFERENCES:
         return np.full(m.shape[1], np.sqrt(np.pi / 2) / np.sqrt(max(meta["n_eff"], 1.0)))
     sig = np.maximum(np.std(m, axis=0), 1e-12)
     per_walker = m.reshape(meta["n_walkers"], -1, m.shape[1])
@@ -288,6 +290,8 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
                      likelihood: str = "catalog"):
     """ANPE (drawn here) vs the reference samples of `_mcmc_chains`, per galaxy and parameter, with the
     ``likelihood`` of `LIKELIHOODS`."""
+    from sedflow.importance import fit_proposal
+
     options = dict(mcmc_options or {})
     if likelihood == "simulator":
         options["sky_flux"] = reference_sky_flux(post.config)
@@ -305,11 +309,11 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
     rows = []
     for i, a, (m, meta) in zip(galaxies, anpe, chains):
         sig = np.maximum(np.std(m, axis=0), 1e-12)
-        if reference == "zeus":
+        if reference in WEIGHTED_REFERENCES:
+            diagnostics = {"n_eff": meta["n_eff"], "n_evaluations": meta["n_evaluations"]}
+        else:
             diagnostics = {"max_autocorr_time": max(p["autocorr_time"] for p in meta["parameters"].values()),
                            "max_rhat": max(p["rhat"] for p in meta["parameters"].values())}
-        else:
-            diagnostics = {"n_eff": meta["n_eff"], "n_evaluations": meta["n_evaluations"]}
         rows.append({"galaxy": int(i), "hard": bool(_hard(sims["flux"][i])),
                      "offset": (np.abs(np.median(a, 0) - np.median(m, 0)) / sig).tolist(),
                      "reference_noise": _reference_noise(m, meta).tolist(),
@@ -327,7 +331,7 @@ def _mcmc_comparison(post, sed, sims, n_mcmc, n_samples, seed, reference, mcmc_o
     return {"reference": reference, "options": dict(mcmc_options or {}), "likelihood": likelihood,
             "n": len(rows), "n_hard": int(hard.sum()),
             "converged": int(sum(r["converged"] for r in rows)), "chain_dir": str(chain_dir),
-            **({"min_n_eff": float(min(r["n_eff"] for r in rows))} if reference != "zeus" else {}),
+            **({"min_n_eff": float(min(r["n_eff"] for r in rows))} if reference in WEIGHTED_REFERENCES else {}),
             "median_abs_offset_over_sigma": dict(zip(names, np.median(offset, 0).tolist())),
             "median_abs_offset_over_sigma_hard": (dict(zip(names, np.median(offset[hard], 0).tolist()))
                                                   if hard.any() else None),
@@ -648,7 +652,7 @@ def _report_md(m: dict) -> str:
                   *_calibration_table(pc["parameters"]), "", "![p-p population prior](pp_population_prior.png)", ""]
     if "mcmc" in m:
         mc = m["mcmc"]
-        noise = ("the standard error of its medians from its effective sample size" if mc["reference"] != "zeus"
+        noise = ("the standard error of its medians from its effective sample size" if mc["reference"] in WEIGHTED_REFERENCES
                  else "the same offset between the two halves (in iterations) of each kept chain; with independent "
                       "halves the full chain's median scatters by about half of it")
         likelihood = {"catalog": "the catalog likelihood (Eq. 1: sigma = the reported error)",
