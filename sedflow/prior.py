@@ -283,15 +283,11 @@ class Prior(_RowChecks):
         s = np.clip((box - self._lo) / (self._hi - self._lo), 1e-300, 1 - 1e-16)
         # s -> u (`_log_du_ds`); box -> s: 1 / (hi - lo)
         lj = np.sum(_log_du_ds(s, self.unconstrained) - np.log(self._hi - self._lo), axis=1)
-        # Triangular map (b1, b2, b3) -> (z1, z2, z3): product of diagonal terms.
-        b1, b2 = theta[:, 1], theta[:, 2]
-        r1 = 1 - b1            # 1 - f1
-        r2 = 1 - b1 - b2       # (1 - f1)(1 - f2)
-        # z1 = 1 - r1^3               -> dz1/db1 = 3 r1^2
-        # z2 = 1 - (1 - b2/r1)^2      -> dz2/db2 = 2 (r2/r1) / r1
-        # z3 = b3 / r2                -> dz3/db3 = 1 / r2
-        with np.errstate(divide="ignore"):
-            lj += np.log(3 * r1**2) + np.log(2 * r2 / r1**2) - np.log(r2)
+        # Triangular map (b1, b2, b3) -> (z1, z2, z3), z1 = 1 - (1 - b1)^3, z2 = 1 - (1 - b2/(1 - b1))^2,
+        # z3 = b3 / (1 - b1 - b2): its diagonal terms 3 r1^2, 2 r2 / r1^2 and 1 / r2 (r1 = 1 - b1,
+        # r2 = 1 - b1 - b2) multiply to 6, the density Gamma(4) of the flat Dirichlet(1, 1, 1, 1) that
+        # this map sends to the uniform cube; constant, so also on the simplex's faces (beta1 = 1).
+        lj += np.log(6.0)
         # log10 gamma: d/dg = 1 / (g ln 10)
         lj += np.sum(-np.log(theta[:, 7:9] * np.log(10)), axis=1)
         return lj

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -87,6 +89,20 @@ def test_log_jacobian_matches_densities(kind):
             xm[k] -= h
             jac[:, k] = (u_of(xp) - u_of(xm)) / (2 * h)
         assert np.log(abs(np.linalg.det(jac))) == pytest.approx(prior.log_abs_det_jacobian(theta[i:i + 1])[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", UNCONSTRAINED_MAPS)
+def test_log_jacobian_finite_on_the_simplex_faces(kind):
+    """beta1 = 1 (the other betas 0) is in the support: the Dirichlet part of the Jacobian is the
+    constant 6 there too, so log|du/dtheta| is finite and computed without a divide-by-zero."""
+    prior = Prior(unconstrained=kind)
+    theta = prior.sample(2, seed=1)
+    theta[0, 1:5] = [1.0, 0.0, 0.0, 0.0]
+    assert prior.in_support(theta).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lj = prior.log_abs_det_jacobian(theta)
+    assert np.all(np.isfinite(lj))
 
 
 def test_log_prob_normalised_and_outside_is_minus_inf(prior):
