@@ -53,6 +53,8 @@ UNCONSTRAINED_NAMES = tuple(f"u{i}" for i in range(11))
 UNCONSTRAINED_MAPS = ("logit", "probit")   # [0, 1] -> R of each box coordinate (module docstring)
 
 _SIMPLEX_ATOL = 1e-6  # tolerance on sum(beta) == 1
+# log density of the flat Dirichlet(1, 1, 1, 1) on the 3-simplex: log Gamma(4) = log 6
+_LOG_FLAT_DIRICHLET = gammaln(4.0)
 Z_FLOOR = 1e-6        # the smallest redshift `PriorWithRedshift` draws (4 pc: finite fluxes)
 
 
@@ -199,7 +201,7 @@ class Prior(_RowChecks):
         b = self.bounds
         const = sum(-np.log(b[k][1] - b[k][0]) for k in
                     ("logmstar", "fburst", "tburst", "tau_bc", "tau_ism", "n_dust"))
-        const += gammaln(4.0)  # flat Dirichlet(1,1,1,1) density on the 3-simplex is Gamma(4) = 6
+        const += _LOG_FLAT_DIRICHLET
         glo, ghi = b["gamma"]
         g = theta[ok, 7:9]
         lp[ok] = const - np.sum(np.log(g * np.log(ghi / glo)), axis=1)
@@ -285,9 +287,9 @@ class Prior(_RowChecks):
         lj = np.sum(_log_du_ds(s, self.unconstrained) - np.log(self._hi - self._lo), axis=1)
         # Triangular map (b1, b2, b3) -> (z1, z2, z3), z1 = 1 - (1 - b1)^3, z2 = 1 - (1 - b2/(1 - b1))^2,
         # z3 = b3 / (1 - b1 - b2): its diagonal terms 3 r1^2, 2 r2 / r1^2 and 1 / r2 (r1 = 1 - b1,
-        # r2 = 1 - b1 - b2) multiply to 6, the density Gamma(4) of the flat Dirichlet(1, 1, 1, 1) that
-        # this map sends to the uniform cube; constant, so also on the simplex's faces (beta1 = 1).
-        lj += np.log(6.0)
+        # r2 = 1 - b1 - b2) multiply to 6, the density of the flat Dirichlet that this map sends to
+        # the uniform cube; constant, so also on the simplex's faces (beta1 = 1).
+        lj += _LOG_FLAT_DIRICHLET
         # log10 gamma: d/dg = 1 / (g ln 10)
         lj += np.sum(-np.log(theta[:, 7:9] * np.log(10)), axis=1)
         return lj
