@@ -549,13 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filters", nargs="+", metavar="FILTER",
                    help="filters, one per band of the noise model (default: the ones it records)")
     s.add_argument("--noise-envelope", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="multiply each band's sigma_mag by a per-galaxy factor ~ log-U(LO, HI), e.g. 0.5 5")
+                   help="multiply each band's sigma_mag by a factor ~ log-U(LO, HI) per galaxy and band, e.g. 0.5 20")
     s.add_argument("--min-detected", type=int, metavar="K",
                    help="keep simulations with >= K bands inside the catalog's flux range (others may be "
                         "non-detections, with sky-limited errors; train with --inputs asinh); default: all bands")
     s.add_argument("--reported-errors", choices=["observed", "true"], default="observed",
                    help="report each galaxy's flux error from its observed flux, as catalogs do (default), or "
-                        "from its noiseless flux (the first simulations' convention; leaks the noise draw)")
+                        "as the noise's own sigma: with --noise-envelope the simulations' likelihood is then "
+                        "the catalog's Gaussian of sigma = flux_err (the shipped sdss model's); without an "
+                        "envelope it leaks the noise draw")
     neb = s.add_mutually_exclusive_group()
     neb.add_argument("--nebular-logu", type=float, default=DEFAULT_LOGU, metavar="LOGU",
                      help=f"log10 ionisation parameter of the nebular emission of stars younger than the "

@@ -129,6 +129,13 @@ def simulate_rows(model, noise: NoiseModel, prior: Prior, n_rows: int, rng, z_mi
     so galaxies fade into non-detections (f_obs <= 0) as in a catalog, where errors are reported as
     max(sigma_mag |f_obs|, faint-end error) / 1.0857-style, never ~0 at f_obs ~ 0.
 
+    With the envelope the reported error no longer gives the draw away in the "true" convention:
+    flux_err = k sigma_0(theta), sigma_0 the noise before the envelope, and the log-uniform factor k
+    gives p(flux_err | theta) = 1 / (flux_err ln(hi / lo)) wherever flux_err / sigma_0(theta) lies in
+    [lo, hi], the same for every such theta. The simulations' likelihood is then Eq. 1 of Hahn &
+    Melchior (2022), a Gaussian of sigma = flux_err, as catalogs and `sedflow.mcmc` assume; with
+    "observed" it is not (where S/N is low the noise follows f_true, not the reported f_obs).
+
     Returns (columns dict of the schema's columns minus shard/row, counts) with
     ``drawn == kept + cut_sigma_nonpositive + cut_flux_range + unused``.
     """

@@ -171,6 +171,24 @@ def test_reported_errors_do_not_give_away_the_noise_draw(sed_model, prior):
         simulate_rows(sed_model, noise, prior, 10, 0, reported_errors="model")
 
 
+def test_with_the_noise_envelope_true_errors_are_the_catalog_likelihoods(sed_model, prior):
+    """The shipped settings (envelope, faint-end cut): errors reported as the noise's own sigma make
+    Eq. 1 of Hahn & Melchior (2022), a Gaussian of sigma = flux_err, the noise the flux was drawn
+    with (pulls N(0, 1), up to the flux-range cut); reported from the observed flux they do not (the
+    noise there scales with f_true, not with the reported f_obs: heavy tails where S/N is low)."""
+    noise = NoiseModel.default()
+
+    def pulls(convention):
+        cols, _ = simulate_rows(sed_model, noise, prior, 6000, np.random.default_rng(5), reported_errors=convention,
+                                noise_envelope=(0.5, 20.0), min_detected=3)
+        return np.array([(cols[f"flux_{b}"] - cols[f"flux_true_{b}"]) / cols[f"flux_err_{b}"] for b in noise.bands])
+
+    true, observed = pulls("true"), pulls("observed")
+    np.testing.assert_allclose(true.std(axis=1), 1.0, atol=0.05)
+    assert np.all(np.mean(np.abs(true) > 3, axis=1) < 0.006)             # N(0, 1): 0.27%
+    assert observed.std(axis=1).max() > 2 and np.mean(np.abs(observed[0]) > 3) > 0.02
+
+
 def test_other_configuration_in_same_directory_is_refused(reference, sed_model):
     out, _ = reference
     with pytest.raises(ValueError, match="other settings"):
