@@ -179,7 +179,8 @@ def reference_sky_flux(config: dict) -> list[float]:
     if not config.get("noise_model") or sim.get("min_detected") is None or sim.get("reported_errors") != "observed":
         raise ValueError("the simulator likelihood needs simulations with sky-limited errors reported from the "
                          "observed flux (simulate --min-detected, the default --reported-errors observed); "
-                         "this model's were not: use the catalog likelihood")
+                         "this model's were not: use the catalog likelihood (with a noise envelope and errors "
+                         "reported as the noise's own sigma, --reported-errors true, it is the simulations' likelihood)")
     return NoiseModel.from_dict(config["noise_model"]).sky_limited_flux().tolist()
 
 

@@ -28,9 +28,9 @@ def test_shipped_artifact(post):
     sim = cfg["simulation"]
     assert sim["z_max"] == 0.6 and sim["min_detected"] == 3 and sim["noise_envelope"][1] >= 5
     assert cfg["noise_model"] == NoiseModel.default().to_dict()
-    # trained on errors reported as catalogs report them (sedflow.simulate.simulate_rows), not on
-    # the convention that gives the noise draw away
-    assert cfg["simulation"]["reported_errors"] == "observed"
+    # trained on errors reported as the noise's own sigma: with the noise envelope the simulations'
+    # likelihood is then the catalog's, a Gaussian of sigma = flux_err (sedflow.simulate.simulate_rows)
+    assert cfg["simulation"]["reported_errors"] == "true"
     # and on a new noise draw of every row each epoch (sedflow.train.renoise), not one draw for all
     assert cfg["training"]["renoise"] is True
 

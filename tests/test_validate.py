@@ -128,7 +128,8 @@ def test_simulator_likelihood_needs_simulations_with_sky_limited_observed_errors
     from sedflow.noise import NoiseModel
     from sedflow.validate import reference_sky_flux
 
-    config = load_model().config
+    shipped = load_model().config
+    config = {**shipped, "simulation": {**shipped["simulation"], "reported_errors": "observed"}}
     np.testing.assert_allclose(reference_sky_flux(config), NoiseModel.default().sky_limited_flux())
     for change in ({"min_detected": None}, {"reported_errors": "true"}):
         with pytest.raises(ValueError, match="simulator likelihood"):

@@ -1,12 +1,14 @@
-"""Fine-tune the shipped sdss model on its own simulations with errors reported as the noise's own
-sigma (simulate --reported-errors true), so that Eq. 1 (sigma fixed at the reported error) is the
-simulator's likelihood. Usage: python ft_true.py SIMS_DIR OUT_DIR (SIMS_DIR: the model's training
-simulations, sims_v8). An experiment (README.md here), not a supported recipe."""
+"""Fine-tune a model trained on errors reported from the observed flux on its own simulations with
+errors reported as the noise's own sigma (simulate --reported-errors true), so that Eq. 1 (sigma
+fixed at the reported error) is the simulator's likelihood. Usage: python ft_true.py MODEL SIMS_DIR
+OUT_DIR (MODEL: the sdss artifact of the model measured in README.md here; SIMS_DIR: its training
+simulations, sims_v8). An experiment (README.md here), not a supported recipe; the shipped model
+since 2026-12-06 is trained this way from scratch."""
 import json, sys
 from pathlib import Path
 import sedflow.train as T
 
-sims, out = sys.argv[1], Path(sys.argv[2])
+model, sims, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 original = T.training_data
 
 
@@ -18,7 +20,7 @@ def reported_as_true(data_dir):
 
 
 T.training_data = reported_as_true
-result = T.calibrate("sdss", sims, out, weight=100.0, progress=False)
+result = T.calibrate(model, sims, out, weight=100.0, progress=False)
 cfg = json.loads((out / "config.json").read_text())
 cfg["simulation"]["reported_errors"] = "true"             # held-out sets are drawn this way
 (out / "config.json").write_text(json.dumps(cfg, indent=1))

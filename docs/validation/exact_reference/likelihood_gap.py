@@ -8,10 +8,14 @@ report's reference galaxies, with the report's own exact references (`sedflow va
 (written by the report), the simulator-likelihood runs are read or run there (same requests as
 `sedflow validate --likelihood simulator`, so a later report reuses them).
 
-    python likelihood_gap.py CHAIN_DIR [hard|all]      # hard: the galaxies with a non-detection or missing band
+    python likelihood_gap.py MODEL CHAIN_DIR [hard|all]      # hard: the galaxies with a non-detection or missing band
+
+MODEL: a model trained on errors reported from the observed flux (for the one measured in README.md
+here, the `sdss` artifact of git commit 3413011); for a model trained with `--reported-errors true`
+and a noise envelope the two likelihoods are the same.
 
 Prints, per parameter, the median over galaxies of |median_sim - median_cat| / sigma_cat, its
-signed mean, and ANPE (the shipped model, 10,000 draws as in the report) against each; then the
+signed mean, and ANPE (MODEL, 10,000 draws as in the report) against each; then the
 galaxies where the two exact medians of n_dust differ by more than 0.2 sigma, with each band's
 S/N and |flux| in units of the sky-limited flux below which the two likelihoods' sigma agree.
 """
@@ -26,8 +30,8 @@ from sedflow.validate import _hard, _mcmc_chains, held_out_simulations, referenc
 SEED, N_TEST, N_MCMC, N_SAMPLES = 20260101, 3000, 50, 10_000         # the report's settings
 OPTIONS = {"n_eff": 3000, "max_draws": 10_000_000}
 
-chain_dir, which = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "hard")
-post = load_model("sdss")
+model, chain_dir, which = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else "hard")
+post = load_model(model)
 sed = post.sed_model()
 sims = held_out_simulations(post, sed, N_TEST, SEED)
 galaxies = reference_galaxies(sims, N_MCMC)
