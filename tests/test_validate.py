@@ -3,13 +3,14 @@ its numbers are consistent (the metric code itself is tested on known answers in
 test_diagnostics.py)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from astropy.table import Table
 
 from conftest import shared_path
-from sedflow.posterior import load_model
+from sedflow.posterior import default_model_path, load_model
 from sedflow.prior import PARAM_NAMES
 from sedflow.validate import held_out_simulations, repeated_calibration, validate
 
@@ -65,9 +66,17 @@ def test_validate_reuses_mcmc_chains_across_models_and_reruns(tmp_path, ray_loca
                      mcmc_options=opts, mcmc_dir=chains)["mcmc"]
     assert [f.stat().st_mtime_ns for f in files] == stamps            # read, not rerun
     assert again["galaxies"] == first["galaxies"]
-    # the simulator likelihood's chains are files of their own beside them, and another posterior
-    sim = validate(tmp_path / "s", n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60, reference="zeus",
-                   mcmc_options=opts, mcmc_dir=chains, likelihood="simulator")["mcmc"]
+    # the simulator likelihood's chains are files of their own beside them, and another posterior;
+    # the shipped model's simulator likelihood is the catalog's (errors reported as the noise's own
+    # sigma), so this runs its weights as a model trained on errors from the observed flux
+    observed = tmp_path / "observed_model"
+    observed.mkdir()
+    config = load_model().config
+    config["simulation"] = {**config["simulation"], "reported_errors": "observed"}
+    (observed / "config.json").write_text(json.dumps(config))
+    shutil.copy(default_model_path() / "weights.safetensors", observed)
+    sim = validate(tmp_path / "s", model_path=observed, n_test=20, n_samples=100, n_mcmc=2, catalog=nsa60,
+                   reference="zeus", mcmc_options=opts, mcmc_dir=chains, likelihood="simulator")["mcmc"]
     assert sim["likelihood"] == "simulator" and [f.stat().st_mtime_ns for f in files] == stamps
     assert sorted(f.name for f in chains.glob("galaxy-*-simulator-likelihood.parquet")) == [
         "galaxy-0000-simulator-likelihood.parquet", "galaxy-0001-simulator-likelihood.parquet"]
