@@ -9,7 +9,9 @@
    again on K more independent held-out sets of ``n_test`` and on all of them pooled
    (`repeated_calibration`): whether a failure belongs to the one set or to the model. And how
    often a calibrated posterior passes the same tests on the same galaxies
-   (`calibrated_pass_rates`): the thresholds do not scale with the number of galaxies.
+   (`calibrated_pass_rates`): the thresholds do not scale with the number of galaxies. And how
+   unusual the set's own truths are, and how much the data narrow each parameter's prior
+   (`truth_draw`): a parameter the data barely constrain inherits its truths' draw in its SBC test.
 2. ANPE vs a reference sampler (same forward model and prior) on ``n_mcmc`` of those galaxies,
    at least a fifth of them (10 of 50) with a non-detection or a missing band when the model
    was trained on such galaxies: per-parameter |difference of medians| / reference sigma, ratio
@@ -42,12 +44,14 @@ from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, PriorWithRedshift
 
-__all__ = ["held_out_simulations", "reference_galaxies", "calibrated_pass_rates", "repeated_calibration", "width_comparison",
+__all__ = ["held_out_simulations", "reference_galaxies", "calibrated_pass_rates", "repeated_calibration", "truth_draw",
+           "width_comparison",
            "photoz_real_data", "reference_sky_flux", "validate", "THRESHOLDS", "REFERENCES", "LIKELIHOODS"]
 
 THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
 
 
+TRUTH_REFERENCE_FACTOR = 10   # `truth_draw` compares a set's truths with this many times more drawn the same way
 MIN_SUBSET = 50   # smallest subset of held-out simulations whose calibration is reported
 NULL_REPLICATES = 200   # pseudo-truths per galaxy in `calibrated_pass_rates` (pass rates +- 0.035 at most)
 
@@ -118,6 +122,29 @@ def held_out_simulations(post, sed, n: int, seed: int, population=None) -> dict:
     return {"theta": np.column_stack([cols[p] for p in post.names]),
             "x": post.inputs.observables(flux, flux_err, cols["z"]),
             "flux": flux, "flux_err": flux_err, "z": cols["z"]}
+
+
+def truth_draw(post, sed, theta, samples, seed: int) -> dict:
+    """How unusual a held-out set's own true parameters ``theta`` are, and how much its posteriors
+    (``samples``, galaxies x draws x parameters) narrow the prior: per parameter, the two-sample KS p
+    of ``theta`` against `TRUTH_REFERENCE_FACTOR` times as many parameters drawn the same way
+    (`held_out_simulations`, seed ``SeedSequence([seed, 0])``: the simulator's cuts select theta
+    too), and the median posterior std over the std of those parameters.
+
+    Where a parameter's width ratio is near 1 its posterior is nearly the prior, so the SBC rank of
+    its truth is nearly the truth's prior quantile: an unusual draw of truths (a low KS p here)
+    shows in that parameter's SBC test for any posterior, the exact one included. Returns
+    ``{"n_reference", "parameters": {name: {"truths_ks_pvalue", "width_over_prior"}}}``.
+    """
+    from scipy.stats import ks_2samp
+
+    n = len(theta)
+    ref = held_out_simulations(post, sed, TRUTH_REFERENCE_FACTOR * n,
+                               int(np.random.SeedSequence([seed, 0]).generate_state(1)[0]))["theta"]
+    width = np.median(np.std(samples, axis=1), axis=0) / np.std(ref, axis=0)
+    return {"n_reference": int(len(ref)),
+            "parameters": {name: {"truths_ks_pvalue": float(ks_2samp(theta[:, j], ref[:, j], method="asymp").pvalue),
+                                  "width_over_prior": float(width[j])} for j, name in enumerate(post.names)}}
 
 
 def repeated_calibration(post, sed, n: int, sets: int, n_samples: int = 2000, seed: int = 0) -> dict:
@@ -540,6 +567,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     metrics["anpe_sampling_seconds"] = time.perf_counter() - t0
     names = post.names                       # with z for a photo-z model
     cal = _calibration(samples, sims["theta"], names)
+    cal["truths"] = truth_draw(post, sed, sims["theta"], samples, seed)
     # the galaxies real catalogs are hardest on, when the model was trained on them
     subsets = {"non_detection": np.any(sims["flux"] <= 0, axis=1),
                "missing_band": np.any(~np.isfinite(sims["flux"]), axis=1)}
@@ -599,11 +627,18 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     return metrics
 
 
-def _calibration_table(parameters: dict) -> list[str]:
-    """Markdown rows of a calibration report's per-parameter numbers."""
-    return (["| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", "|---|---|---|---|---|"]
-            + [f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
-               f"{p['coverage_95']:.3f} |" for name, p in parameters.items()])
+def _calibration_table(parameters: dict, truths: dict | None = None) -> list[str]:
+    """Markdown rows of a calibration report's per-parameter numbers (with `truth_draw`'s, if given)."""
+    head, rows = "| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", []
+    for name, p in parameters.items():
+        rows.append(f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
+                    f"{p['coverage_95']:.3f} |")
+        if truths:
+            t = truths["parameters"][name]
+            rows[-1] += f" {t['truths_ks_pvalue']:.3f} | {t['width_over_prior']:.2f} |"
+    if truths:
+        head += " truths KS p | width / prior |"
+    return [head, "|" + "---|" * (head.count("|") - 1)] + rows
 
 
 def _report_md(m: dict) -> str:
@@ -616,7 +651,12 @@ def _report_md(m: dict) -> str:
              f"SBC (every KS p > {m['thresholds']['sbc_ks_pvalue_min']}): **{'pass' if cal['passes']['sbc'] else 'FAIL'}**; "
              f"p-p (max deviation < {m['thresholds']['max_pp_deviation_max']}): **{'pass' if cal['passes']['pp'] else 'FAIL'}**; "
              f"TARP ATC {cal['tarp_atc']:+.3f} (KS p {cal['tarp_ks_pvalue']:.2f}).", "",
-             *_calibration_table(cal["parameters"]), ""]
+             *_calibration_table(cal["parameters"], cal.get("truths")), ""]
+    if "truths" in cal:
+        lines += [f"Truths KS p: this set's own true parameters against {cal['truths']['n_reference']} more drawn the "
+                  "same way (`sedflow.validate.truth_draw`); width / prior: median posterior std over the prior's. "
+                  "Where the width ratio is near 1 a rank is nearly the truth's prior quantile, so an unusual "
+                  "draw of truths fails that parameter's SBC test for any posterior, the exact one included.", ""]
     for name, sub in cal.get("subsets", {}).items():
         worst = min(p["sbc_ks_pvalue"] for p in sub["parameters"].values())
         dev = max(p["max_pp_deviation"] for p in sub["parameters"].values())

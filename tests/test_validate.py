@@ -12,7 +12,7 @@ from astropy.table import Table
 from conftest import shared_path
 from sedflow.posterior import default_model_path, load_model
 from sedflow.prior import PARAM_NAMES
-from sedflow.validate import held_out_simulations, repeated_calibration, validate
+from sedflow.validate import held_out_simulations, repeated_calibration, truth_draw, validate
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,9 @@ def test_validate_writes_every_section(tmp_path, ray_local, nsa60):
     assert null["n_replicates"] == 200 and null["sets"]["all"]["sbc"] > 0.75
     assert null["sets"]["all"]["pp"] == 0 and null["every"] == 0
     assert "every test at once 0%" in (out / "report.md").read_text()
+    truths = m["calibration"]["truths"]
+    assert truths["n_reference"] == 600 and set(truths["parameters"]) == set(PARAM_NAMES)
+    assert "| truths KS p | width / prior |" in (out / "report.md").read_text()
     mc = m["mcmc"]
     assert mc["n"] == 2 and len(mc["galaxies"]) == 2
     offsets = np.array(list(mc["median_abs_offset_over_sigma"].values()))
@@ -191,3 +194,25 @@ def test_repeated_calibration_pools_independent_sets_and_sees_a_small_bias():
     assert pooled["logmstar"]["ks_pvalue"] < 0.01
     assert {k: v["mean_rank"] for k, v in pooled.items() if k != "logmstar"} == \
         {k: v for k, v in ranks.items() if k != "logmstar"}
+
+
+def test_truth_draw_tells_an_unusual_set_of_truths_and_how_much_the_data_narrow_the_prior():
+    """A set drawn as the simulator draws passes the truths' KS test; the same size of set with only
+    its lower half of beta3 does not. Against the prior, logM* posteriors are narrow, the SFH
+    weights' nearly the prior (the data barely constrain them: their SBC ranks follow the truths)."""
+    post = load_model("sdss", "float32")
+    sed = post.sed_model()
+    sims = held_out_simulations(post, sed, 400, 11)
+    samples = post.sample(sims["x"], 200, seed=11)
+    fair = truth_draw(post, sed, sims["theta"], samples, seed=11)
+    assert fair["n_reference"] == 4000
+    p = {k: v["truths_ks_pvalue"] for k, v in fair["parameters"].items()}
+    assert min(p.values()) > 1e-3, p
+    width = {k: v["width_over_prior"] for k, v in fair["parameters"].items()}
+    assert width["logmstar"] < 0.4 and all(0.8 < width[b] < 1.1 for b in ("beta2", "beta3", "beta4")), width
+
+    big = held_out_simulations(post, sed, 800, 12)
+    low = big["theta"][big["theta"][:, 3] < np.median(big["theta"][:, 3])][:400]
+    skewed = truth_draw(post, sed, low, samples, seed=11)["parameters"]
+    assert skewed["beta3"]["truths_ks_pvalue"] < 1e-6
+    assert skewed["logmstar"]["truths_ks_pvalue"] > 1e-3
