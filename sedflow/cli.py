@@ -137,7 +137,7 @@ def _simulate(args) -> int:
 
     z_min, z_max = args.z_range
     config = SimulationConfig(n=args.n, shards=args.shards, seed=args.seed, z_min=z_min, z_max=z_max,
-                              reported_errors=args.reported_errors,
+                              reported_errors=args.reported_errors or ("true" if args.noise_envelope else "observed"),
                               filters=tuple(args.filters) if args.filters else None,
                               noise_envelope=tuple(args.noise_envelope) if args.noise_envelope else None,
                               min_detected=args.min_detected,
@@ -553,11 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-detected", type=int, metavar="K",
                    help="keep simulations with >= K bands inside the catalog's flux range (others may be "
                         "non-detections, with sky-limited errors; train with --inputs asinh); default: all bands")
-    s.add_argument("--reported-errors", choices=["observed", "true"], default="observed",
-                   help="report each galaxy's flux error from its observed flux, as catalogs do (default), or "
-                        "as the noise's own sigma: with --noise-envelope the simulations' likelihood is then "
-                        "the catalog's Gaussian of sigma = flux_err (the shipped sdss model's); without an "
-                        "envelope it leaks the noise draw")
+    s.add_argument("--reported-errors", choices=["observed", "true"],
+                   help="report each galaxy's flux error as the noise's own sigma (default with --noise-envelope: "
+                        "the simulations' likelihood is then the catalog's Gaussian of sigma = flux_err, as the "
+                        "shipped sdss model's) or from its observed flux, as catalogs do (default without an "
+                        "envelope, where the noise's own sigma would leak the noise draw)")
     neb = s.add_mutually_exclusive_group()
     neb.add_argument("--nebular-logu", type=float, default=DEFAULT_LOGU, metavar="LOGU",
                      help=f"log10 ionisation parameter of the nebular emission of stars younger than the "

@@ -66,8 +66,10 @@ def simulation_schema(bands) -> pa.Schema:
 @dataclass(frozen=True)
 class SimulationConfig:
     """What `run_simulation` draws. ``reported_errors`` is how the catalog-style flux error of each
-    simulated galaxy is reported (`simulate_rows`): "observed" (default) or "true" (the convention
-    of simulations made before it existed, which leaks the noise realisation; kept to reproduce them)."""
+    simulated galaxy is reported (`simulate_rows`): "observed" (default) or "true" (the noise's own
+    sigma: with a ``noise_envelope`` the simulations' likelihood is then the catalog's, as for the
+    shipped ``sdss``; without one it leaks the noise realisation, as simulations made before
+    "observed" existed did). ``sedflow simulate`` picks "true" when given an envelope."""
     n: int = PAPER_N
     shards: int = 16
     seed: int = 0

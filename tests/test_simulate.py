@@ -103,11 +103,28 @@ def test_stellar_only_simulation_from_the_cli(ray_local, tmp_path):
                  "--quiet"]) == 0
     manifest = json.loads((out / "_simulation.json").read_text())
     assert manifest["config"]["nebular_logu"] is None and "nebular" not in manifest["sed_model"]
+    assert manifest["config"]["reported_errors"] == "observed"       # no envelope: errors from the observed flux
     d = pq.read_table(shard_path(out, 0, 1)).to_pandas()
     theta, z = d[list(PARAM_NAMES)].to_numpy(), d["z"].to_numpy()
     true = d[[f"flux_true_{b}" for b in BANDS]].to_numpy()
     np.testing.assert_allclose(true, SEDModel(z_max=0.2, nebular_logu=None).photometry(theta, z), rtol=1e-10)
     assert np.all(SEDModel(z_max=0.2).photometry(theta, z) >= true * (1 - 1e-12))
+
+
+def test_the_cli_reports_the_noise_sigma_when_given_an_envelope(ray_local, tmp_path):
+    """With --noise-envelope, `sedflow simulate` reports each error as the noise's own sigma (the
+    convention whose likelihood is the catalog's, `test_with_the_noise_envelope_true_errors_...`)
+    unless told otherwise."""
+    from sedflow.cli import main
+
+    common = ["--n", "100", "--shards", "1", "--seed", "3", "--noise-envelope", "0.5", "20", "--quiet"]
+    for extra, expected in (([], "true"), (["--reported-errors", "observed"], "observed")):
+        out = tmp_path / expected
+        assert main(["simulate", *common, "--out", str(out), *extra]) == 0
+        assert json.loads((out / "_simulation.json").read_text())["config"]["reported_errors"] == expected
+    same = [pq.read_table(shard_path(tmp_path / c, 0, 1)).to_pandas() for c in ("true", "observed")]
+    np.testing.assert_array_equal(same[0]["flux_u"], same[1]["flux_u"])        # the same draws, other errors
+    assert not np.allclose(same[0]["flux_err_u"], same[1]["flux_err_u"])
 
 
 def test_identical_files_whatever_the_number_of_workers(reference, tmp_path):
