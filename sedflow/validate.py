@@ -12,6 +12,7 @@
    (`calibrated_pass_rates`): the thresholds do not scale with the number of galaxies. And how
    unusual the set's own truths are, and how much the data narrow each parameter's prior
    (`truth_draw`): a parameter the data barely constrain inherits its truths' draw in its SBC test.
+   The same tests on the derived properties `sedflow infer` reports (`derived_properties`).
 2. ANPE vs a reference sampler (same forward model and prior) on ``n_mcmc`` of those galaxies,
    at least a fifth of them (10 of 50) with a non-detection or a missing band when the model
    was trained on such galaxies: per-parameter |difference of medians| / reference sigma, ratio
@@ -43,9 +44,10 @@ from sedflow.figures import best_fit, plot_sed_fits
 from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, PriorWithRedshift
+from sedflow.sps.model import PROPERTY_NAMES
 
 __all__ = ["held_out_simulations", "reference_galaxies", "calibrated_pass_rates", "repeated_calibration", "truth_draw",
-           "width_comparison",
+           "derived_properties", "width_comparison",
            "photoz_real_data", "reference_sky_flux", "validate", "THRESHOLDS", "REFERENCES", "LIKELIHOODS"]
 
 THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
@@ -124,6 +126,17 @@ def held_out_simulations(post, sed, n: int, seed: int, population=None) -> dict:
             "flux": flux, "flux_err": flux_err, "z": cols["z"]}
 
 
+def derived_properties(post, sed, theta, z) -> np.ndarray:
+    """The derived properties `sedflow infer` reports (`SEDModel.properties`, in `PROPERTY_NAMES` order)
+    of parameter vectors ``theta`` (..., len(post.names)) at redshifts ``z`` (broadcast to theta's
+    leading shape); a photo-z model's vectors carry their own z last and ``z`` is not used."""
+    lead = theta.shape[:-1]
+    flat = np.asarray(theta, dtype=float).reshape(-1, theta.shape[-1])
+    z_flat = flat[:, -1] if post.infers_redshift else np.broadcast_to(z, lead).reshape(-1)
+    props = sed.properties(flat[:, :len(PARAM_NAMES)], z_flat)
+    return np.stack([props[k] for k in PROPERTY_NAMES], axis=-1).reshape(*lead, len(PROPERTY_NAMES))
+
+
 def truth_draw(post, sed, theta, samples, seed: int) -> dict:
     """How unusual a held-out set's own true parameters ``theta`` are, and how much its posteriors
     (``samples``, galaxies x draws x parameters) narrow the prior: per parameter, the two-sample KS p
@@ -155,27 +168,41 @@ def repeated_calibration(post, sed, n: int, sets: int, n_samples: int = 2000, se
     the pooled mean rank (0.5 for a calibrated marginal). ``n_samples`` draws per galaxy: ranks
     need far fewer than the report's posterior summaries.
 
+    The same for the derived properties (`derived_properties`) under ``derived``: each set's lowest
+    KS p and the pooled test.
+
     Returns ``{"n_sets", "n_per_set", "n_samples", "sets": [{"seed", "lowest_ks_pvalue",
     "lowest_parameter", "passes"}], "sets_passing", "pooled": {"n", "parameters": {name:
-    {"ks_pvalue", "mean_rank"}}}}``; mean ranks are fractions of ``n_samples``.
+    {"ks_pvalue", "mean_rank"}}}, "derived": {"sets": [...], "sets_passing", "pooled": {...}}}``;
+    mean ranks are fractions of ``n_samples``.
     """
-    names = list(post.names)
-    per_set, ranks = [], []
+    names = {"parameters": list(post.names), "derived": list(PROPERTY_NAMES)}
+    per_set = {kind: [] for kind in names}
+    ranks = {kind: [] for kind in names}
     for k in range(1, sets + 1):
         set_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
         sims = held_out_simulations(post, sed, n, set_seed)
-        r = sbc_ranks(post.sample(sims["x"], n_samples, seed=set_seed), sims["theta"])
-        p = sbc_metrics(r, n_samples, seed=set_seed)["ks_pvalue"]
-        per_set.append({"seed": set_seed, "lowest_ks_pvalue": float(p.min()), "lowest_parameter": names[int(p.argmin())],
-                        "passes": bool(p.min() > THRESHOLDS["sbc_ks_pvalue_min"])})
-        ranks.append(r)
-    pooled = np.concatenate(ranks)
-    p = sbc_metrics(pooled, n_samples, seed=seed)["ks_pvalue"]
-    mean_rank = pooled.mean(axis=0) / n_samples
-    return {"n_sets": sets, "n_per_set": n, "n_samples": n_samples, "sets": per_set,
-            "sets_passing": sum(s["passes"] for s in per_set),
-            "pooled": {"n": int(len(pooled)), "parameters": {name: {"ks_pvalue": float(p[j]), "mean_rank": float(mean_rank[j])}
-                                                              for j, name in enumerate(names)}}}
+        samples = post.sample(sims["x"], n_samples, seed=set_seed)
+        ranks["parameters"].append(sbc_ranks(samples, sims["theta"]))
+        ranks["derived"].append(sbc_ranks(derived_properties(post, sed, samples, sims["z"][:, None]),
+                                          derived_properties(post, sed, sims["theta"], sims["z"])))
+        for kind in names:
+            p = sbc_metrics(ranks[kind][-1], n_samples, seed=set_seed)["ks_pvalue"]
+            per_set[kind].append({"seed": set_seed, "lowest_ks_pvalue": float(p.min()),
+                                  "lowest_parameter": names[kind][int(p.argmin())],
+                                  "passes": bool(p.min() > THRESHOLDS["sbc_ks_pvalue_min"])})
+
+    def pooled(kind):
+        r = np.concatenate(ranks[kind])
+        p = sbc_metrics(r, n_samples, seed=seed)["ks_pvalue"]
+        mean_rank = r.mean(axis=0) / n_samples
+        return {"n": int(len(r)), "parameters": {name: {"ks_pvalue": float(p[j]), "mean_rank": float(mean_rank[j])}
+                                                  for j, name in enumerate(names[kind])}}
+
+    return {"n_sets": sets, "n_per_set": n, "n_samples": n_samples, "sets": per_set["parameters"],
+            "sets_passing": sum(s["passes"] for s in per_set["parameters"]), "pooled": pooled("parameters"),
+            "derived": {"sets": per_set["derived"], "sets_passing": sum(s["passes"] for s in per_set["derived"]),
+                        "pooled": pooled("derived")}}
 
 
 def _population_calibration(post, sed, n: int, n_samples: int, seed: int, out) -> dict:
@@ -568,6 +595,8 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     names = post.names                       # with z for a photo-z model
     cal = _calibration(samples, sims["theta"], names)
     cal["truths"] = truth_draw(post, sed, sims["theta"], samples, seed)
+    cal["derived"] = _calibration(derived_properties(post, sed, samples, sims["z"][:, None]),
+                                  derived_properties(post, sed, sims["theta"], sims["z"]), PROPERTY_NAMES)
     # the galaxies real catalogs are hardest on, when the model was trained on them
     subsets = {"non_detection": np.any(sims["flux"] <= 0, axis=1),
                "missing_band": np.any(~np.isfinite(sims["flux"]), axis=1)}
@@ -670,6 +699,12 @@ def _report_md(m: dict) -> str:
                   + "; ".join(f"{name.replace('_', ' ')}: SBC {v['sbc']:.0%}, p-p {v['pp']:.0%}" for name, v in null["sets"].items())
                   + f"; every test at once {null['every']:.0%}."]
     lines += ["", "![p-p](pp.png) ![ranks](sbc_ranks.png) ![tarp](tarp.png)", ""]
+    if "derived" in cal:
+        d = cal["derived"]
+        lines += ["### Derived properties", "",
+                  "What `sedflow infer` reports besides the parameters (`SEDModel.properties` of each draw and of the "
+                  f"truth): SBC **{'pass' if d['passes']['sbc'] else 'FAIL'}**, p-p "
+                  f"**{'pass' if d['passes']['pp'] else 'FAIL'}**.", "", *_calibration_table(d["parameters"]), ""]
     if "calibration_repeated" in m:
         rc = m["calibration_repeated"]
         pooled = rc["pooled"]["parameters"]
@@ -682,6 +717,14 @@ def _report_md(m: dict) -> str:
                   "| parameter | pooled SBC KS p | pooled mean rank |", "|---|---|---|"]
         lines += [f"| {name} | {v['ks_pvalue']:.4f} | {v['mean_rank']:.4f} |" for name, v in pooled.items()]
         lines += [""]
+        if "derived" in rc:
+            dr = rc["derived"]
+            lines += [f"Derived properties on the same sets: **{dr['sets_passing']} of {rc['n_sets']} pass** (lowest KS p "
+                      "per set: " + ", ".join(f"{s['lowest_ks_pvalue']:.3f} {s['lowest_parameter']}" for s in dr["sets"])
+                      + ").", "", "| derived property | pooled SBC KS p | pooled mean rank |", "|---|---|---|"]
+            lines += [f"| {name} | {v['ks_pvalue']:.4f} | {v['mean_rank']:.4f} |"
+                      for name, v in dr["pooled"]["parameters"].items()]
+            lines += [""]
     if "calibration_population_prior" in m:
         pc = m["calibration_population_prior"]
         lines += ["## Calibration with the population prior", "",

@@ -12,6 +12,7 @@ from astropy.table import Table
 from conftest import shared_path
 from sedflow.posterior import default_model_path, load_model
 from sedflow.prior import PARAM_NAMES
+from sedflow.sps.model import PROPERTY_NAMES
 from sedflow.validate import held_out_simulations, repeated_calibration, truth_draw, validate
 
 
@@ -41,6 +42,9 @@ def test_validate_writes_every_section(tmp_path, ray_local, nsa60):
     truths = m["calibration"]["truths"]
     assert truths["n_reference"] == 600 and set(truths["parameters"]) == set(PARAM_NAMES)
     assert "| truths KS p | width / prior |" in (out / "report.md").read_text()
+    assert set(m["calibration"]["derived"]["parameters"]) == set(PROPERTY_NAMES)
+    assert set(m["calibration_repeated"]["derived"]["pooled"]["parameters"]) == set(PROPERTY_NAMES)
+    assert "### Derived properties" in (out / "report.md").read_text()
     mc = m["mcmc"]
     assert mc["n"] == 2 and len(mc["galaxies"]) == 2
     offsets = np.array(list(mc["median_abs_offset_over_sigma"].values()))
@@ -185,6 +189,7 @@ def test_repeated_calibration_pools_independent_sets_and_sees_a_small_bias():
     def biased(x, n, seed=None, **kw):          # every draw of logM* 0.3 posterior sigma too high
         s = sample(x, n, seed=seed, **kw)
         s[:, :, 0] += 0.3 * s[:, :, 0].std(axis=1, keepdims=True)
+        s[:, :, 0] = np.clip(s[:, :, 0], *post.config["prior"]["logmstar"])     # still inside the prior
         return s
 
     post.sample = biased
@@ -194,6 +199,14 @@ def test_repeated_calibration_pools_independent_sets_and_sees_a_small_bias():
     assert pooled["logmstar"]["ks_pvalue"] < 0.01
     assert {k: v["mean_rank"] for k, v in pooled.items() if k != "logmstar"} == \
         {k: v for k, v in ranks.items() if k != "logmstar"}
+    # the surviving mass is formed mass x a surviving fraction: the logM* bias carries into it, and
+    # into no derived property that does not scale with the mass (metallicity, age)
+    derived = {k: v["mean_rank"] for k, v in honest["derived"]["pooled"]["parameters"].items()}
+    assert all(abs(r - 0.5) < 0.06 for r in derived.values()), derived
+    shifted_derived = shifted["derived"]["pooled"]["parameters"]
+    assert shifted_derived["logmstar_surv"]["mean_rank"] < derived["logmstar_surv"] - 0.08
+    assert shifted_derived["logz_mw"]["mean_rank"] == derived["logz_mw"]
+    assert shifted_derived["tage_mw"]["mean_rank"] == derived["tage_mw"]
 
 
 def test_truth_draw_tells_an_unusual_set_of_truths_and_how_much_the_data_narrow_the_prior():
