@@ -53,7 +53,8 @@ from sedflow.prior import PARAM_NAMES
 from sedflow.sps.model import PROPERTY_NAMES
 from sedflow.storage import claim_output, write_parquet
 
-__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "sampled_names", "summary_names", "output_schema", "check_filters",
+__all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "sampled_names", "summary_names", "derived_properties", "output_schema",
+           "check_filters",
            "require_redshifts", "galaxy_checks", "infer_frame", "load_models", "partition_seed", "run_inference"]
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
@@ -74,6 +75,18 @@ def sampled_names(photoz: bool = False) -> tuple:
 def summary_names(photoz: bool = False) -> tuple:
     """The quantities summarised per galaxy: `sampled_names`, then the derived properties."""
     return sampled_names(photoz) + tuple(PROPERTY_NAMES)
+
+
+def derived_properties(sed, theta, z, photoz: bool = False) -> np.ndarray:
+    """The derived properties reported per galaxy (`SEDModel.properties`, in `PROPERTY_NAMES` order) of
+    parameter vectors ``theta`` (..., `sampled_names`) at redshifts ``z`` (broadcast to theta's leading
+    shape). ``photoz``: each vector carries its own z last (a photo-z model's draws: the properties
+    are then marginalised over z) and ``z`` is not used."""
+    lead = theta.shape[:-1]
+    flat = np.asarray(theta, dtype=float).reshape(-1, theta.shape[-1])
+    z_flat = flat[:, -1] if photoz else np.broadcast_to(z, lead).reshape(-1)
+    props = sed.properties(flat[:, :len(PARAM_NAMES)], z_flat)
+    return np.stack([props[k] for k in PROPERTY_NAMES], axis=-1).reshape(*lead, len(PROPERTY_NAMES))
 
 
 def output_schema(id_type: pa.DataType = pa.int64(), keep_samples: int = 0, mcmc: bool = False,
@@ -222,11 +235,9 @@ def infer_frame(frame: pd.DataFrame, post: PosteriorModel, sed, n_samples: int =
         m = min(property_samples, theta.shape[1])
         sub = theta if m == theta.shape[1] else \
             theta[:, np.random.default_rng(prop_seed).choice(theta.shape[1], size=m, replace=False)]
-        sub = sub.reshape(-1, theta.shape[-1])           # a view when every draw is used
-        # photo-z: each draw's properties at its own z (marginalised over z)
-        props = sed.properties(sub[:, :len(PARAM_NAMES)], sub[:, -1] if photoz else np.repeat(z, m))
-        for name in PROPERTY_NAMES:
-            for s, v in _summaries(props[name].reshape(len(rows), m)).items():
+        props = derived_properties(sed, sub, z[:, None], photoz)
+        for i, name in enumerate(PROPERTY_NAMES):
+            for s, v in _summaries(props[:, :, i]).items():
                 summ[f"{name}_{s}"][rows] = v
         if keep_samples:
             draws[rows] = theta[:, :keep_samples].astype(np.float32)

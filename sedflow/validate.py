@@ -12,7 +12,8 @@
    (`calibrated_pass_rates`): the thresholds do not scale with the number of galaxies. And how
    unusual the set's own truths are, and how much the data narrow each parameter's prior
    (`truth_draw`): a parameter the data barely constrain inherits its truths' draw in its SBC test.
-   The same tests on the derived properties `sedflow infer` reports (`derived_properties`).
+   The same tests on the derived properties `sedflow infer` reports
+   (`sedflow.infer.derived_properties`).
 2. ANPE vs a reference sampler (same forward model and prior) on ``n_mcmc`` of those galaxies,
    at least a fifth of them (10 of 50) with a non-detection or a missing band when the model
    was trained on such galaxies: per-parameter |difference of medians| / reference sigma, ratio
@@ -41,13 +42,14 @@ import numpy as np
 from sedflow.diagnostics import (calibration_report, max_pp_deviation_of_ranks, null_ranks, plot_pp, plot_rank_histograms,
                                  plot_tarp, sbc_metrics, sbc_ranks, tarp)
 from sedflow.figures import best_fit, plot_sed_fits
+from sedflow.infer import derived_properties
 from sedflow.noise import NoiseModel
 from sedflow.posterior import load_model
 from sedflow.prior import PARAM_NAMES, PriorWithRedshift
 from sedflow.sps.model import PROPERTY_NAMES
 
 __all__ = ["held_out_simulations", "reference_galaxies", "calibrated_pass_rates", "repeated_calibration", "truth_draw",
-           "derived_properties", "width_comparison",
+           "width_comparison",
            "photoz_real_data", "reference_sky_flux", "validate", "THRESHOLDS", "REFERENCES", "LIKELIHOODS"]
 
 THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_median_offset_max": 0.2}
@@ -126,17 +128,6 @@ def held_out_simulations(post, sed, n: int, seed: int, population=None) -> dict:
             "flux": flux, "flux_err": flux_err, "z": cols["z"]}
 
 
-def derived_properties(post, sed, theta, z) -> np.ndarray:
-    """The derived properties `sedflow infer` reports (`SEDModel.properties`, in `PROPERTY_NAMES` order)
-    of parameter vectors ``theta`` (..., len(post.names)) at redshifts ``z`` (broadcast to theta's
-    leading shape); a photo-z model's vectors carry their own z last and ``z`` is not used."""
-    lead = theta.shape[:-1]
-    flat = np.asarray(theta, dtype=float).reshape(-1, theta.shape[-1])
-    z_flat = flat[:, -1] if post.infers_redshift else np.broadcast_to(z, lead).reshape(-1)
-    props = sed.properties(flat[:, :len(PARAM_NAMES)], z_flat)
-    return np.stack([props[k] for k in PROPERTY_NAMES], axis=-1).reshape(*lead, len(PROPERTY_NAMES))
-
-
 def truth_draw(post, sed, theta, samples, seed: int) -> dict:
     """How unusual a held-out set's own true parameters ``theta`` are, and how much its posteriors
     (``samples``, galaxies x draws x parameters) narrow the prior: per parameter, the two-sample KS p
@@ -168,8 +159,8 @@ def repeated_calibration(post, sed, n: int, sets: int, n_samples: int = 2000, se
     the pooled mean rank (0.5 for a calibrated marginal). ``n_samples`` draws per galaxy: ranks
     need far fewer than the report's posterior summaries.
 
-    The same for the derived properties (`derived_properties`) under ``derived``: each set's lowest
-    KS p and the pooled test.
+    The same for the derived properties (`sedflow.infer.derived_properties`) under ``derived``: each
+    set's lowest KS p and the pooled test.
 
     Returns ``{"n_sets", "n_per_set", "n_samples", "sets": [{"seed", "lowest_ks_pvalue",
     "lowest_parameter", "passes"}], "sets_passing", "pooled": {"n", "parameters": {name:
@@ -184,8 +175,8 @@ def repeated_calibration(post, sed, n: int, sets: int, n_samples: int = 2000, se
         sims = held_out_simulations(post, sed, n, set_seed)
         samples = post.sample(sims["x"], n_samples, seed=set_seed)
         ranks["parameters"].append(sbc_ranks(samples, sims["theta"]))
-        ranks["derived"].append(sbc_ranks(derived_properties(post, sed, samples, sims["z"][:, None]),
-                                          derived_properties(post, sed, sims["theta"], sims["z"])))
+        ranks["derived"].append(sbc_ranks(derived_properties(sed, samples, sims["z"][:, None], post.infers_redshift),
+                                          derived_properties(sed, sims["theta"], sims["z"], post.infers_redshift)))
         for kind in names:
             p = sbc_metrics(ranks[kind][-1], n_samples, seed=set_seed)["ks_pvalue"]
             per_set[kind].append({"seed": set_seed, "lowest_ks_pvalue": float(p.min()),
@@ -595,8 +586,8 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     names = post.names                       # with z for a photo-z model
     cal = _calibration(samples, sims["theta"], names)
     cal["truths"] = truth_draw(post, sed, sims["theta"], samples, seed)
-    cal["derived"] = _calibration(derived_properties(post, sed, samples, sims["z"][:, None]),
-                                  derived_properties(post, sed, sims["theta"], sims["z"]), PROPERTY_NAMES)
+    cal["derived"] = _calibration(derived_properties(sed, samples, sims["z"][:, None], post.infers_redshift),
+                                  derived_properties(sed, sims["theta"], sims["z"], post.infers_redshift), PROPERTY_NAMES)
     # the galaxies real catalogs are hardest on, when the model was trained on them
     subsets = {"non_detection": np.any(sims["flux"] <= 0, axis=1),
                "missing_band": np.any(~np.isfinite(sims["flux"]), axis=1)}
