@@ -14,8 +14,10 @@ base-distribution draws are not matrix products and are left out, so the achieve
 slight underestimate.
 
 Where ``--precision auto`` samples in bfloat16 (CPUs with AMX), the shipped sampler is also
-timed in bfloat16 against torch's bfloat16 matmul rate: that ceiling is ~10x the float32 one
-and the sampler, now bound by its elementwise memory passes, reaches a small fraction of it.
+timed in bfloat16 (`sedflow.flows.BFloat16Sampler`, as `PosteriorModel.sample` runs it) against
+torch's bfloat16 matmul rate, a ceiling ~7-10x the float32 one: there the sampler's hidden
+matmuls run near that rate and the rest (first and output layers over the (draws, 160)
+activations, the float32 affine updates, the base draws) takes about as long again.
 """
 
 from __future__ import annotations
@@ -49,11 +51,12 @@ def sampler_rate(net, n_x: int, n_threads: int, repeat: int, precision: str = "f
     """Samples/s of net.sample((10000,), condition of 2 galaxies), in ``precision`` arithmetic."""
     import torch
 
-    from sedflow.flows import sampling_precision
+    from sedflow.flows import make_sampler
 
     cond = torch.randn(GALAXIES, n_x, generator=torch.Generator().manual_seed(0))
-    with threads(n_threads), torch.inference_mode(), sampling_precision(net, precision):
-        t = best_time(lambda: net.sample((DRAWS,), condition=cond), repeat=repeat)
+    sample = make_sampler(net, precision)
+    with threads(n_threads), torch.inference_mode():
+        t = best_time(lambda: sample(DRAWS, cond), repeat=repeat)
     return DRAWS * GALAXIES / t
 
 

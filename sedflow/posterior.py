@@ -309,7 +309,7 @@ class PosteriorModel:
     @property
     def precision(self) -> str:
         """Arithmetic of the flow's hidden layers when sampling: ``"float32"`` or ``"bfloat16"``
-        (`sedflow.flows.sampling_precision`). Set it to one of those or ``"auto"`` (bfloat16 where
+        (`sedflow.flows.make_sampler`). Set it to one of those or ``"auto"`` (bfloat16 where
         the CPU makes it fast); `log_prob` is always float32."""
         return self._precision
 
@@ -347,18 +347,19 @@ class PosteriorModel:
         network call of about ``chunk_rows`` draws each, in `precision` arithmetic."""
         import torch
 
-        from sedflow.flows import sampling_precision
+        from sedflow.flows import make_sampler
 
         xt = self._x_tensor(x)
         per_call = max(1, chunk_rows // max(n, 1))     # galaxies per call
         draws = min(n, chunk_rows)                     # draws per galaxy per call
-        with torch.random.fork_rng(), torch.inference_mode(), sampling_precision(self.net, self.precision):
+        sample = make_sampler(self.net, self.precision)
+        with torch.random.fork_rng(), torch.inference_mode():
             torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
             for g in range(0, xt.shape[0], per_call):
                 cond = xt[g:g + per_call]
                 for s in range(0, n, draws):
                     k = min(draws, n - s)
-                    u = self.net.sample((k,), condition=cond).permute(1, 0, 2).double().numpy()   # (n_cond, k, d)
+                    u = sample(k, cond).permute(1, 0, 2).double().numpy()   # (n_cond, k, d)
                     u *= self.u_std
                     u += self.u_mean
                     yield slice(g, g + per_call), slice(s, s + k), u

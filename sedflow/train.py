@@ -400,7 +400,7 @@ def train(data_dir, out_dir, arch: str = DEFAULT_ARCH, workers: int = 1, batch_s
     ``renoise``: every epoch, a new noise draw and new band masks for each training row from its
     noiseless fluxes (`renoised_features`), instead of the simulation's one draw for all epochs.
     ``precision``: ``"float32"`` or ``"bfloat16"``, the arithmetic of the couplings' hidden layers
-    in training, as `sedflow.flows.sampling_precision` sets it for sampling (first layer
+    in training (`sedflow.flows.sampling_precision`; the sampler's bfloat16 arithmetic, first layer
     float32-accurate, affine maps float32, weights and Adam float32; ~1.1-1.6x the training steps/s
     on a CPU with AMX; realnvp* architectures only).
 

@@ -156,48 +156,61 @@ def test_precision_choices():
         load_model("sdss", precision="float16")
 
 
-@pytest.mark.parametrize("hidden", [(24,), (24, 24, 24)])
-def test_bfloat16_path_for_any_depth(hidden):
-    """The bfloat16 path runs zuko's MLP of any depth; its draws stay near the float32 ones."""
-    from sedflow.flows import sampling_precision
+@pytest.mark.parametrize("hidden, marginal_shape", [((24,), False), ((24, 24, 24), False), ((24, 24), True)])
+def test_bfloat16_sampler_for_any_depth(hidden, marginal_shape):
+    """The bfloat16 sampler runs zuko's MLP of any depth, and a flow's other transforms in float32;
+    with the same seed its draws stay near the float32 ones."""
+    from sedflow.flows import make_sampler
 
     torch.manual_seed(0)
-    net = realnvp(6, 4, hidden, 4)
+    net = realnvp(6, 4, hidden, 4, marginal_shape=marginal_shape)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))      # a non-identity sinh-arcsinh step as well
     c = torch.randn(3, 4)
     with torch.no_grad():
         torch.manual_seed(1)
-        ref = net.sample((500,), condition=c)
-        with sampling_precision(net, "bfloat16"):
-            torch.manual_seed(1)
-            bf16 = net.sample((500,), condition=c)
+        ref = make_sampler(net, "float32")(500, c)
+        torch.manual_seed(1)
+        bf16 = make_sampler(net, "bfloat16")(500, c)
+    assert bf16.shape == ref.shape == (500, 3, 6) and bf16.dtype == torch.float32
     assert not torch.equal(ref, bf16)
     np.testing.assert_allclose(bf16.numpy(), ref.numpy(), atol=0.05 * float(ref.std()))
 
 
-@torch.no_grad()                      # as in sampling; with gradients the fused path steps aside (test below)
-def test_fused_first_block_is_float32_accurate_before_its_bfloat16_rounding():
-    """The one-matmul bfloat16 first block (one-hot context columns, high/low bfloat16 parts) gives
-    relu(x W^T + C) within one bfloat16 rounding of the exact value, as the float32-then-cast block
-    does; shapes and activations it cannot take fall back to that block."""
-    from functools import partial
-
-    from sedflow.flows import MAX_FUSED_CONDITIONS, _first_block, _fused_first_block
+@pytest.mark.parametrize("n_cond", [7, 65])      # 65 > MAX_FUSED_CONDITIONS: the float32 first layer
+def test_packed_coupling_inverts_zukos_coupling(n_cond):
+    """One coupling as the bfloat16 sampler packs it (all coordinates at once, zero weights for the
+    conditioning half): its first layer is relu(x W_a^T + W_x c + b) within one bfloat16 rounding of
+    the exact value; its inverse leaves the conditioning coordinates bit for bit and inverts zuko's
+    forward map as accurately as the coupling's own bfloat16 arithmetic (`sampling_precision`) does."""
+    from sedflow.flows import MAX_FUSED_CONDITIONS, _onehot_columns, _PackedCoupling, sampling_precision
 
     torch.manual_seed(3)
-    relu = torch.nn.ReLU()
-    weight, context = 0.4 * torch.randn(48, 5), 3.0 * torch.randn(7, 48)      # large context terms that cancel
-    x_a = torch.randn(300, 7, 5)
-    exact = torch.relu(x_a.double() @ weight.double().T + context.double())
-    fused = _fused_first_block(context, weight, relu, torch.bfloat16)
-    assert not isinstance(fused, partial)                                       # the fused path is taken
-    for out in (fused(x_a), _first_block(context, weight, relu, torch.bfloat16, x_a)):
-        assert out.dtype == torch.bfloat16 and out.shape == exact.shape
-        assert torch.all((out.double() - exact).abs() <= 2.0 ** -8 * exact.abs() + 1e-4)
-    broadcast = x_a[:, :1]                                                      # one draw set for all conditions
-    assert torch.equal(fused(broadcast), _first_block(context, weight, relu, torch.bfloat16, broadcast))
-    many = torch.randn(MAX_FUSED_CONDITIONS + 1, 48)
-    assert isinstance(_fused_first_block(many, weight, relu, torch.bfloat16), partial)
-    assert isinstance(_fused_first_block(context, weight, torch.nn.Tanh(), torch.bfloat16), partial)
+    net = realnvp(11, 16, (48, 48), 2)
+    layer = net.net.transform.transforms[0]
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        c, x = 3.0 * torch.randn(n_cond, 16), torch.randn(300, n_cond, 11)
+        y = layer(c)(x)                                            # zuko's forward map, float32
+        packed = _PackedCoupling(layer)
+        onehot = _onehot_columns(n_cond, 300) if n_cond <= MAX_FUSED_CONDITIONS else None
+        first = layer.hyper[0]
+        idx_a = layer.mask.nonzero().squeeze(-1)
+        exact = torch.relu(torch.cat([y[..., idx_a], c.expand(300, -1, -1)], -1).double() @ first.weight.double().T
+                           + first.bias.double())
+        phi = packed.first_layer(y.reshape(-1, 11), c, onehot)
+        assert phi.dtype == torch.bfloat16
+        assert torch.all((phi.double().view(exact.shape) - exact).abs() <= 2.0 ** -8 * exact.abs() + 1e-4)
+        back = packed.inverse(y.reshape(-1, 11), c, onehot).view(y.shape)
+        with sampling_precision(net, "bfloat16"):
+            own = layer(c).inv(y)
+    assert torch.equal(back[..., layer.mask], y[..., layer.mask])
+    transformed = ~layer.mask
+    assert not torch.equal(y[..., transformed], x[..., transformed])     # the coupling did move them
+    err, own_err = (back - x)[..., transformed].abs(), (own - x)[..., transformed].abs()
+    assert err.median() < 0.005 and err.max() <= 2 * own_err.max()
 
 
 @pytest.mark.parametrize("batch", [40, 1024])        # 40 <= MAX_FUSED_CONDITIONS: the fused kernel must step aside
