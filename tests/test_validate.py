@@ -183,6 +183,14 @@ def test_repeated_calibration_pools_independent_sets_and_sees_a_small_bias():
     assert not np.allclose(first, second)
     ranks = {k: v["mean_rank"] for k, v in honest["pooled"]["parameters"].items()}
     assert all(abs(r - 0.5) < 0.06 for r in ranks.values()), ranks
+    # each set's lowest parameter with its own truths' test against one reference draw of them
+    from scipy.stats import ks_2samp
+
+    reference = held_out_simulations(post, sed, 10 * 150, int(np.random.SeedSequence([4, 0]).generate_state(1)[0]))
+    j = list(post.names).index(honest["sets"][0]["lowest_parameter"])
+    assert honest["sets"][0]["truths_ks_pvalue"] == pytest.approx(
+        ks_2samp(first[:, j], reference["theta"][:, j], method="asymp").pvalue)
+    assert all(0 <= s["truths_ks_pvalue"] <= 1 for s in honest["sets"] + honest["derived"]["sets"])
 
     sample = post.sample
 
