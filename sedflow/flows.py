@@ -224,8 +224,10 @@ class BFloat16Sampler:
         with torch.inference_mode():
             c = self.net._embedding_net(condition)
             base = self.net.net.base(c)
-            if isinstance(base, DiagNormal) and bool((base.base_dist.loc == 0).all() & (base.base_dist.scale == 1).all()):
-                z = torch.randn(n, *c.shape[:-1], *base.event_shape)    # zuko's draws, without its loc/scale passes
+            standard = isinstance(base, DiagNormal) and bool((base.base_dist.loc == 0).all()
+                                                             & (base.base_dist.scale == 1).all())
+            if standard:            # zuko's draws (torch.normal(0, 1) is randn), without its loc/scale passes
+                z = torch.randn(n, *c.shape[:-1], *base.event_shape)
             else:
                 z = base.expand(c.shape[:-1]).sample((n,))
             shape = z.shape

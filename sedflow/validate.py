@@ -740,7 +740,8 @@ def _report_md(m: dict) -> str:
         if "derived" in rc:
             dr = rc["derived"]
             lines += [f"Derived properties on the same sets: **{dr['sets_passing']} of {rc['n_sets']} pass** (lowest KS p "
-                      "per set [truths KS p]: " + _lowest_per_set(dr["sets"]) + ").", "", "| derived property | pooled SBC KS p | pooled mean rank |", "|---|---|---|"]
+                      "per set [truths KS p]: " + _lowest_per_set(dr["sets"]) + ").", "",
+                      "| derived property | pooled SBC KS p | pooled mean rank |", "|---|---|---|"]
             lines += [f"| {name} | {v['ks_pvalue']:.4f} | {v['mean_rank']:.4f} |"
                       for name, v in dr["pooled"]["parameters"].items()]
             lines += [""]
