@@ -213,9 +213,9 @@ def test_packed_coupling_inverts_zukos_coupling(n_cond):
     assert err.median() < 0.005 and err.max() <= 2 * own_err.max()
 
 
-@pytest.mark.parametrize("batch", [40, 1024])        # 40 <= MAX_FUSED_CONDITIONS: the fused kernel must step aside
+@pytest.mark.parametrize("batch", [40, 1024])
 def test_bfloat16_training_gradients_follow_the_float32_ones(batch):
-    """`sedflow train --precision bfloat16` runs the loss through the sampler's bfloat16 path with
+    """`sedflow train --precision bfloat16` runs the loss through the couplings' bfloat16 path with
     autograd: the loss within 1e-2 nats of float32, its gradient pointing the same way (cosine > 0.99)."""
     from sedflow.flows import sampling_precision
     from sedflow.train import _nll_module
