@@ -240,12 +240,41 @@ def _table_columns(available, get, columns: list[str], where) -> dict:
     return {c: get(c) for c in dict.fromkeys(columns)}
 
 
+def _unmasked(values) -> np.ndarray:
+    """A column as a plain numpy array; masked entries (`numpy.ma`, astropy ``MaskedColumn``: a FITS
+    TNULL, a blank) become NaN, i.e. no measurement (an integer column turns float for it)."""
+    if not np.ma.is_masked(values):
+        return np.asarray(values)
+    data = np.ma.asarray(values)
+    if data.dtype.kind in "iub":
+        data = data.astype(float)
+    return np.ma.filled(data, np.nan if data.dtype.kind in "fc" else data.fill_value)
+
+
+def _array_rows(values: np.ndarray, column, where) -> np.ndarray:
+    """An object column of per-row arrays (list-valued, e.g. NSA's NMGY from Parquet) as a 2-D float
+    array; a null row (None, NaN) is a row of NaN (no measurement). Rows of another length raise."""
+    lengths = {np.size(v) for v in values if v is not None and np.ndim(v) == 1}
+    if len(lengths) != 1:
+        raise ValueError(f"{where}: column {column!r} holds arrays of different lengths {sorted(lengths)}")
+    width = lengths.pop()
+    out = np.full((len(values), width), np.nan)
+    for i, v in enumerate(values):
+        if v is not None and np.ndim(v) == 1:
+            out[i] = np.asarray(v, dtype=float)
+    return out
+
+
 def frame_columns(frame: pd.DataFrame, columns: list[str], where="the DataFrame") -> dict:
-    """``columns`` of a pandas DataFrame as numpy arrays; array (list-valued) columns become 2-D."""
+    """``columns`` of a pandas DataFrame as numpy arrays; array (list-valued) columns become 2-D,
+    nulls NaN (pandas' nullable dtypes included)."""
     def get(c):
-        values = frame[c].to_numpy()
-        if values.dtype == object and len(values) and np.ndim(values[0]) == 1:
-            return np.stack(values)
+        col = frame[c]
+        if col.dtype.kind in "fiu" and isinstance(col.dtype, pd.api.extensions.ExtensionDtype) and col.isna().any():
+            return col.to_numpy(dtype=float, na_value=np.nan)
+        values = col.to_numpy()
+        if values.dtype == object and any(np.ndim(v) == 1 for v in values if v is not None):
+            return _array_rows(values, c, where)
         return values
 
     return _table_columns(list(frame.columns), get, columns, where)
@@ -289,7 +318,7 @@ def read_columns(path, spec: "CatalogSpec", max_rows: int | None = None) -> dict
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: cannot be read as a {fmt} catalog ({reason})") from None
     if frame is None:
-        cols = _table_columns(t.colnames, lambda c: np.asarray(t[c]), columns, path)
+        cols = _table_columns(t.colnames, lambda c: _unmasked(t[c]), columns, path)
     else:
         cols = frame_columns(frame, columns, path)
     if max_rows is not None:
@@ -303,12 +332,18 @@ def _bands_block(cols: dict, block: dict, nbands: int, what: str) -> np.ndarray:
         arr = np.column_stack([np.asarray(cols[c], dtype=float) for c in block["columns"]])
     else:
         arr = np.asarray(cols[block["column"]], dtype=float)
+        if len(arr) == 0:                          # no rows: an empty catalog is valid (and has no width)
+            return np.empty((0, nbands))
         if arr.ndim == 1:
             arr = arr[:, None]
         if "index" in block:
+            if max(block["index"]) >= arr.shape[1]:
+                raise ValueError(f"{what}: column {block['column']!r} holds {arr.shape[1]} values per row, "
+                                 f"the description takes elements {block['index']}")
             arr = arr[:, block["index"]]
     if arr.shape[1] != nbands:
-        raise ValueError(f"{what}: got {arr.shape[1]} bands, the description lists {nbands}")
+        source = block.get("columns") or repr(block["column"])
+        raise ValueError(f"{what} ({source}): got {arr.shape[1]} bands, the description lists {nbands}")
     return arr
 
 
@@ -372,8 +407,8 @@ def standard_form(cols: dict, spec: CatalogSpec, apply_floors: bool = True) -> t
     counts["flag_quality"] = int(flag_quality.sum())
 
     ids = np.asarray(cols[spec.id]) if spec.id else np.arange(n, dtype=np.int64)
-    if ids.dtype.kind in "iu":
-        ids = ids.astype(np.int64)          # native byte order (FITS columns are big-endian)
+    if ids.dtype.kind in "iu":              # native byte order (FITS columns are big-endian); the range
+        ids = ids.astype(ids.dtype.newbyteorder("="))      # of unsigned ids is `normalise_ids`' to check
     out = {"id": ids}
     if spec.ra and spec.dec:
         out["ra"] = np.asarray(cols[spec.ra], dtype=float)

@@ -5,13 +5,18 @@ rows go through the catalog description exactly as ingest reads a file (`sedflow
 standard_form`: flux units, dereddening, error floors, quality cuts, bad-value flags) and then
 through the same checks, sampling, summaries and derived properties as inference
 (`sedflow.infer.infer_frame`), treated as one partition: the same rows and seed give the same
-summaries as ``sedflow infer`` on a one-partition catalog ingested from them.
+draws and quantiles as ``sedflow infer`` on a one-partition catalog ingested from them (means and
+standard deviations to float32 rounding, ~1e-5: torch may sum with other thread counts). One seed
+drives a whole call, so a galaxy's draws depend on the rows beside it: fit alone, it gets other
+draws of the same posterior (summaries equal within Monte Carlo noise).
 
-A data problem in a row (for the shipped log-magnitude model: NaN or non-positive flux, ivar 0;
-for any model: a missing redshift or one outside its range) never raises: that row comes back
-flagged (``flag_bad_input``, ``method = 'none'``, summaries NaN). ``inputs`` holds the catalog-level
-flags of ingest, which do not know the model (an asinh-input model samples fluxes <= 0). A programming error (wrong shapes, an unknown description or model, a
-duplicated id) raises a ValueError that names it.
+A data problem in a row (fewer than 3 measured bands, a missing redshift or one outside the
+model's range; for a log-magnitude model also a flux <= 0 or a missing band; masked entries and
+null cells count as missing) never raises: that row comes back flagged (``flag_bad_input``,
+``method = 'none'``, summaries NaN). ``inputs`` holds the catalog-level flags of ingest, which do
+not know the model (an asinh-input model samples fluxes <= 0). A programming error (wrong shapes,
+an unknown description or model, a duplicated or masked id, a bad option) raises a ValueError that
+names it.
 
 Example
 -------
@@ -64,8 +69,9 @@ class FitResult:
 
 
 def _rows(values, name: str, n_bands: int | None, n: int | None) -> np.ndarray:
-    """(n, n_bands) float array from one row (n_bands,) or many; ValueError on any other shape."""
-    a = np.asarray(values, dtype=float)
+    """(n, n_bands) float array from one row (n_bands,) or many; ValueError on any other shape.
+    Masked entries (`numpy.ma`, astropy ``MaskedColumn``) become NaN: no measurement."""
+    a = np.ma.filled(np.ma.asarray(values).astype(float), np.nan)
     if n_bands is None:                                   # a per-row scalar such as z
         if a.ndim == 0:
             a = np.full(n, float(a))
@@ -112,6 +118,8 @@ def _array_columns(spec: CatalogSpec, flux, flux_err, z, extinction, ids) -> tup
         a = _rows(np.broadcast_to(extinction, (nb,)) if np.ndim(extinction) == 0 else extinction,
                   "extinction", nb, None)
         cols["extinction"] = np.broadcast_to(a, (n, nb)) if a.shape[0] == 1 else _rows(a, "extinction", nb, n)
+    if ids is not None and np.ma.is_masked(ids):
+        raise ValueError("ids has masked (missing) entries: every row needs an id")
     cols["id"] = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
     if cols["id"].shape != (n,):
         raise ValueError(f"ids must have one value per row ({n}), got shape {cols['id'].shape}")
@@ -170,8 +178,11 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
         >>> len(res), sorted(res.samples)[:2]
         (3, ['beta1', 'beta2'])
     """
-    from sedflow.infer import check_filters, infer_frame, load_models, partition_seed, require_redshifts
+    from sedflow.infer import (check_filters, check_sampling_options, infer_frame, load_models, partition_seed,
+                               require_redshifts)
 
+    keep = n_samples if keep_samples is None else keep_samples
+    check_sampling_options(n_samples, keep, seed, property_samples, fallback)
     spec = CatalogSpec.load(spec)
     if isinstance(flux, pd.DataFrame):
         if flux_err is not None or z is not None or extinction is not None or ids is not None:
@@ -182,9 +193,6 @@ def fit(flux, flux_err=None, z=None, *, spec, extinction=None, ids=None, n_sampl
     else:
         cols, as_arrays = _array_columns(spec, flux, flux_err, z, extinction, ids)
         frame, counts = standard_form(cols, as_arrays)
-    keep = n_samples if keep_samples is None else keep_samples
-    if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1 and 0 <= keep <= n_samples):
-        raise ValueError(f"need n_samples >= 1 and 0 <= keep_samples <= n_samples, got {n_samples}, {keep_samples}")
     frame["id"], _ = normalise_ids(frame["id"])
     refuse_duplicate_ids(frame["id"].to_numpy())
 

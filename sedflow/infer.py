@@ -54,7 +54,7 @@ from sedflow.sps.model import PROPERTY_NAMES
 from sedflow.storage import claim_output, write_parquet
 
 __all__ = ["FLAGS", "SUMMARY_NAMES", "STATS", "sampled_names", "summary_names", "derived_properties", "output_schema",
-           "check_filters",
+           "check_filters", "check_sampling_options", "trained_redshift_range",
            "require_redshifts", "galaxy_checks", "infer_frame", "load_models", "partition_seed", "run_inference"]
 
 FLAGS = ("flag_bad_input", "flag_quality", "flag_sigma_ood", "flag_color_ood", "flag_posterior_ood")
@@ -128,6 +128,16 @@ def check_filters(post: PosteriorModel, bands, filters=None, what="the catalog")
         raise ValueError(f"{what} has bands {list(bands)}, the model {list(post.bands)}")
 
 
+def trained_redshift_range(post: PosteriorModel) -> tuple[float, float]:
+    """(lo, hi): a spec-z model takes lo < z <= hi, the range its simulations drew z on, (z_min, z_max]
+    (a hair wider at hi for float32 rounding); older artifacts without it: the training set's min/max."""
+    sim = post.config.get("simulation", {})
+    if "z_min" in sim and "z_max" in sim:
+        return float(sim["z_min"]), float(sim["z_max"]) * (1 + 1e-6)
+    lo, hi = post.config["ood"]["z_range"]
+    return float(np.nextafter(lo, -np.inf)), float(hi)
+
+
 def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray, dict]:
     """x in the model's input layout (`PosteriorModel.inputs`) and the flags of a standard-form frame."""
     absent = [c for b in post.bands for c in (f"flux_{b}", f"flux_err_{b}") if c not in frame]
@@ -140,9 +150,9 @@ def galaxy_checks(frame: pd.DataFrame, post: PosteriorModel) -> tuple[np.ndarray
     else:
         z = frame["z"].to_numpy(dtype=float)
         x = post.inputs.observables(flux, err, z)
-        zlo, zhi = post.config["ood"]["z_range"]
+        zlo, zhi = trained_redshift_range(post)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(z) | (z < zlo) | (z > zhi)
+            bad = ~((z > zlo) & (z <= zhi))
     missing = post.inputs.missing(flux, err)
     with np.errstate(invalid="ignore"):
         if post.inputs.kind == "mag":       # log magnitudes: every band measured and positive
@@ -182,9 +192,27 @@ def _summaries(values: np.ndarray) -> dict:
     return out
 
 
+def check_sampling_options(n_samples, keep_samples, seed, property_samples, fallback) -> None:
+    """ValueError naming the first bad option of `run_inference` / `sedflow.fit`, before any work."""
+    def whole(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not (whole(n_samples) and n_samples >= 1):
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    if not (whole(keep_samples) and 0 <= keep_samples <= n_samples):
+        raise ValueError(f"keep_samples must be an integer in 0..n_samples ({n_samples}), got {keep_samples!r}")
+    if not (whole(seed) and seed >= 0):
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if not (whole(property_samples) and property_samples >= 1):
+        raise ValueError(f"property_samples must be an integer >= 1, got {property_samples!r}")
+    if fallback not in (None, "mcmc"):
+        raise ValueError(f"fallback must be 'mcmc' or None, got {fallback!r}")
+
+
 def partition_seed(seed: int, number: int) -> list[int]:
     """The seed `run_inference` gives row partition ``number`` (`sedflow.fit` treats its rows as
-    partition 0, so both give the same posteriors for the same rows and seed)."""
+    partition 0, so both give the same draws for the same rows and seed). A partition's draws come
+    from one stream, so a galaxy's draws depend on the rows before it in its partition."""
     return [seed, number]
 
 
@@ -421,10 +449,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
 
     from sedflow.ingest import read_ingested
 
-    if fallback not in (None, "mcmc"):
-        raise ValueError(f"--fallback must be 'mcmc' or absent, got {fallback!r}")
-    if n_samples < 1 or keep_samples < 0 or keep_samples > n_samples:
-        raise ValueError("need n_samples >= 1 and 0 <= keep_samples <= n_samples")
+    check_sampling_options(n_samples, keep_samples, seed, property_samples, fallback)
     post = load_model(model_path, precision)       # validate the artifact and the catalog before starting any cluster
     catalog_input = _ingested_input(catalog_dir)
     if catalog_input and catalog_input.get("bands"):

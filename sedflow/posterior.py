@@ -182,10 +182,15 @@ class InputLayout:
         Unusable entries come out NaN/inf (mag: non-positive flux; asinh: missing bands), without
         warnings."""
         flux, err = np.atleast_2d(flux).astype(float), np.atleast_2d(err).astype(float)
+        if flux.ndim != 2 or flux.shape[1] != len(self.bands) or err.shape != flux.shape:
+            raise ValueError(f"flux and err must both have shape (n, {len(self.bands)}) (bands {list(self.bands)}), "
+                             f"got {flux.shape} and {err.shape}")
         if self.redshift:
             if z is None:
                 raise ValueError("this model conditions on the redshift: give z (a photo-z model infers it)")
             zcol = [np.asarray(z, dtype=float).reshape(-1)]
+            if len(zcol[0]) != len(flux):
+                raise ValueError(f"z must have one value per row ({len(flux)}), got {len(zcol[0])}")
         else:
             zcol = []
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -349,8 +354,10 @@ class PosteriorModel:
 
         from sedflow.flows import make_sampler
 
+        if not (isinstance(n, (int, np.integer)) and n >= 1):
+            raise ValueError(f"n (draws per galaxy) must be an integer >= 1, got {n!r}")
         xt = self._x_tensor(x)
-        per_call = max(1, chunk_rows // max(n, 1))     # galaxies per call
+        per_call = max(1, chunk_rows // n)             # galaxies per call
         draws = min(n, chunk_rows)                     # draws per galaxy per call
         sample = make_sampler(self.net, self.precision)
         with torch.random.fork_rng(), torch.inference_mode():
@@ -375,7 +382,8 @@ class PosteriorModel:
     def sample(self, x, n: int, seed=None, chunk_rows: int = 20000) -> np.ndarray:
         """Posterior draws theta (n_gal, n, 12) in the physical parameterisation (`names` order: PARAM_NAMES,
         and z last for a photo-z model: (n_gal, n, 13)); each chunk is mapped back as it is drawn, so
-        only one chunk's u is held."""
+        only one chunk's u is held. No range checks: x outside the training set (z, sigma, colours) still
+        gets draws; `sedflow.fit` and `sedflow infer` flag such rows."""
         out = np.empty((len(np.atleast_2d(x)), n, self.prior.ndim))
         for galaxies, draws, u in self._draw_chunks(x, n, seed, chunk_rows):
             out[galaxies, draws] = self.prior.from_unconstrained(u.reshape(-1, u.shape[-1])).reshape(*u.shape[:2], -1)

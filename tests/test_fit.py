@@ -130,3 +130,45 @@ def test_string_ids_and_other_extinction_kinds(sdss_rows):
         frame, _ = standard_form(cols, as_arrays)
         unit = 1.0 if name != "lsst" else 1 / 3631.0          # lsst fluxes are nJy
         np.testing.assert_allclose(frame[[f"flux_{b}" for b in spec.bands]].to_numpy(), 10 * unit * factor, rtol=1e-9)
+
+
+def test_masked_null_and_empty_input(sdss_rows):
+    """Masked entries and null rows are missing measurements (flagged, not a crash); an empty table
+    gives an empty result; malformed options and ids raise before any work."""
+    a = _raw_arrays(sdss_rows[:3])
+    flux, z = np.ma.masked_array(a["flux"]), np.ma.masked_array(a["z"])
+    flux[0, 1] = np.ma.masked                    # g missing: marginalised over
+    z[2] = np.ma.masked                          # no redshift: no posterior
+    s = sedflow.fit(flux, a["flux_err"], z, extinction=a["extinction"], spec="sdss_kcorrect", n_samples=20).summary
+    assert list(s["method"]) == ["anpe", "anpe", "none"] and list(s["flag_missing_bands"]) == [2, 0, 0]
+    assert list(s["flag_bad_input"]) == [False, False, True]
+
+    frame = pd.DataFrame({c: sdss_rows[c][:3] for c in ("Z", "RA", "DEC")} | {
+                          **{c: list(np.asarray(sdss_rows[c][:3], float)) for c in ("MODELFLUX", "MODELFLUX_IVAR", "EXTINCTION")}})
+    frame.loc[1, "MODELFLUX"] = None             # a null list cell (Parquet null): no fluxes at all
+    s = sedflow.fit(frame, spec="sdss_kcorrect", n_samples=20).summary
+    assert list(s["method"]) == ["anpe", "none", "anpe"] and s["flag_missing_bands"][1] == 31
+    assert len(sedflow.fit(frame.iloc[:0], spec="sdss_kcorrect", n_samples=20)) == 0
+    frame["MODELFLUX"] = [v[:4] for v in frame["MODELFLUX_IVAR"]]
+    with pytest.raises(ValueError, match="MODELFLUX"):
+        sedflow.fit(frame, spec="sdss_kcorrect", n_samples=20)
+
+    good = dict(flux=a["flux"][:2], flux_err=a["flux_err"][:2], z=0.1, extinction=a["extinction"][0],
+                spec="sdss_kcorrect", n_samples=10)
+    for kwargs, match in [(dict(seed=-1), "seed"), (dict(fallback="nested"), "fallback"),
+                          (dict(property_samples=0), "property_samples"), (dict(keep_samples=11), "keep_samples"),
+                          (dict(ids=np.ma.masked_array([1, 2], [0, 1])), "masked"),
+                          (dict(ids=np.array([2**63, 1], dtype=np.uint64)), "int64")]:
+        with pytest.raises(ValueError, match=match):
+            sedflow.fit(**{**good, **kwargs})
+
+
+def test_redshift_range_is_the_trained_one(sdss_rows):
+    """The shipped model takes 0 < z <= 0.6, the range its simulations drew z on, edges included as
+    documented; outside it there is no posterior."""
+    a = _raw_arrays(sdss_rows[:1])
+    z = np.array([0.6, 0.3, 0.0, 0.61, -0.01])
+    s = sedflow.fit(np.repeat(a["flux"], 5, 0), np.repeat(a["flux_err"], 5, 0), z, extinction=a["extinction"][0],
+                    spec="sdss_kcorrect", n_samples=20).summary
+    assert list(s["flag_bad_input"]) == [False, False, True, True, True]
+    assert list(s["method"]) == ["anpe", "anpe", "none", "none", "none"]

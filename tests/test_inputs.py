@@ -31,6 +31,10 @@ def test_asinh_magnitudes():
     assert np.all(np.diff(mu) < 0)                                         # brighter flux, smaller mag
     with pytest.raises(ValueError, match="softening"):
         InputLayout(BANDS, "asinh", (0.1, 0.1))
+    for bad_flux, bad_err, bad_z in ((flux[:, :4], err[:, :4], [0.1, 0.1]), (flux, err[:1], [0.1, 0.1]),
+                                     (flux, err, [0.1, 0.1, 0.1])):
+        with pytest.raises(ValueError, match="shape|one value per row"):
+            layout.observables(bad_flux, bad_err, bad_z)
 
 
 def test_missing_bands_are_flagged_and_set_to_the_training_mean():

@@ -33,6 +33,10 @@ def test_shipped_artifact(post):
     assert cfg["simulation"]["reported_errors"] == "true"
     # and on a new noise draw of every row each epoch (sedflow.train.renoise), not one draw for all
     assert cfg["training"]["renoise"] is True
+    x = post.inputs.observables(np.full((2, 5), 10.0), np.ones((2, 5)), [0.1, 0.2])
+    assert post.sample(x, 3, seed=0).shape == (2, 3, 12)
+    with pytest.raises(ValueError, match="n .draws per galaxy"):
+        post.sample(x, 0)
 
 
 def test_shipped_data_is_found_by_name():
