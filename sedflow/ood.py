@@ -6,7 +6,9 @@ stored in the artifact's ``ood``); `flags` applies them to catalog rows at infer
 
 ``flag_sigma_ood``      some band's mag error above the 99.9th percentile of the training set's at
                         that magnitude (the paper's mu + 3 s of the noise model, measured on the
-                        simulated x, floors and flux noise included)
+                        simulated x, floors and flux noise included), or, for models that store
+                        it, below its 0.1th percentile (deeper photometry than the training set's:
+                        the flow conditions on the errors and would extrapolate)
 ``flag_color_ood``      a colour of adjacent bands outside the training set's 0.1-99.9 percentiles,
                         both measured to better than `COLOUR_MAX_MAG_ERR` (a colour of a
                         non-detection is noise, not a colour; such pairs are neither used
@@ -47,17 +49,20 @@ def fit_thresholds(features: np.ndarray, x_mean, x_std, layout, bin_width: float
         m, e_all = m[ok], e_all[ok]
         edges = np.arange(np.floor(m.min() / bin_width) * bin_width, m.max() + bin_width, bin_width)
         idx = np.digitize(m, edges) - 1
-        centres, p999 = [], []
+        centres, p001, p999 = [], [], []
         for k in range(edges.size - 1):
             e = e_all[idx == k]
             if e.size >= min_count:
                 centres.append(0.5 * (edges[k] + edges[k + 1]))
-                p999.append(float(np.percentile(e, 99.9)))
+                lo, hi = np.percentile(e, [0.1, 99.9])
+                p001.append(float(lo))
+                p999.append(float(hi))
         if not centres:                     # too few rows for any bin: one threshold for all magnitudes
             if e_all.size == 0:
                 raise ValueError(f"band {b}: no training row measures it; cannot set its OOD threshold")
-            centres, p999 = [float(np.median(m))], [float(np.percentile(e_all, 99.9))]
-        sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999}
+            centres = [float(np.median(m))]
+            p001, p999 = ([float(v)] for v in np.percentile(e_all, [0.1, 99.9]))
+        sigma[b] = {"mag": centres, "log10_mag_err_p99p9": p999, "log10_mag_err_p0p1": p001}
     f = layout.standardise(features, np.asarray(x_mean), np.asarray(x_std))
     prec = np.linalg.pinv(np.cov(f, rowvar=False))     # pinv: a constant column (no masks) has no variance
     d2 = np.einsum("ij,jk,ik->i", f, prec, f)
@@ -88,6 +93,9 @@ def flags(x: np.ndarray, good: np.ndarray, post) -> dict:
             t = ood["sigma_mag_p99p9"][b]
             limit = 10.0 ** np.interp(mag[good, j], t["mag"], t["log10_mag_err_p99p9"])
             sigma_ood[good] |= mag_err[good, j] > limit          # NaN (missing) compares False
+            if "log10_mag_err_p0p1" in t:         # models trained before it: errors above only
+                floor = 10.0 ** np.interp(mag[good, j], t["mag"], t["log10_mag_err_p0p1"])
+                sigma_ood[good] |= mag_err[good, j] < floor
         colour_ood = np.zeros(n, bool)
         # models trained before colour_max_mag_err existed: every pair (their training sets had no
         # non-detections)

@@ -102,6 +102,30 @@ def test_rerun_after_interruption_is_identical(reference_run, bad_catalog, tmp_p
                       precision=other, progress=False)
 
 
+def test_sigma_ood_is_two_sided():
+    """Errors far below the training set's at a magnitude (deeper photometry) are as far outside it
+    as errors far above: the flow conditions on them. Models stored before the lower bound: above only."""
+    from types import SimpleNamespace
+
+    from sedflow import ood
+    from sedflow.posterior import InputLayout
+
+    layout = InputLayout(tuple("ugriz"), "asinh", (0.1,) * 5)
+    rng = np.random.default_rng(0)
+    flux = 10 ** rng.uniform(1, 3, (40_000, 5))
+    x = layout.observables(flux, 0.05 * flux * np.exp(rng.normal(0, 0.3, flux.shape)), np.full(len(flux), 0.1))
+    f = layout.features(x)
+    mean, std = f.mean(0), np.where(f.std(0) > 0, f.std(0), 1.0)
+    post = SimpleNamespace(bands=layout.bands, inputs=layout, x_mean=mean, x_std=std,
+                           config={"ood": ood.fit_thresholds(f, mean, std, layout)})
+    rows = np.full((3, 5), 100.0)
+    x = layout.observables(rows, 0.05 * rows * np.array([[1.0], [20.0], [0.02]]), np.full(3, 0.1))
+    assert list(ood.flags(x, np.ones(3, bool), post)["flag_sigma_ood"]) == [False, True, True]
+    for t in post.config["ood"]["sigma_mag_p99p9"].values():
+        del t["log10_mag_err_p0p1"]
+    assert list(ood.flags(x, np.ones(3, bool), post)["flag_sigma_ood"]) == [False, True, False]
+
+
 def test_infer_frame_in_process_and_flags(post):
     """The in-process path (no Dask) on a hand-made frame; OOD checks fire where they should."""
     base = {"id": np.arange(4), "z": [0.03, 0.03, 0.03, 0.03], "flag_bad_input": False, "flag_quality": False}
