@@ -58,6 +58,8 @@ THRESHOLDS = {"sbc_ks_pvalue_min": 0.01, "max_pp_deviation_max": 0.05, "mcmc_med
 TRUTH_REFERENCE_FACTOR = 10   # `truth_draw` compares a set's truths with this many times more drawn the same way
 MIN_SUBSET = 50   # smallest subset of held-out simulations whose calibration is reported
 NULL_REPLICATES = 200   # pseudo-truths per galaxy in `calibrated_pass_rates` (pass rates +- 0.035 at most)
+# the real NSA rows of ../shared/data beside a source checkout (absent from an installed package)
+NSA_BESIDE_REPO = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsa_lcs" / "nsa_v0_1_2_lcs_subset.fits"
 
 
 def _passes(ks_pvalues, pp_deviations) -> dict:
@@ -550,8 +552,7 @@ def _photoz_catalogs() -> list[tuple]:
     from sedflow.catalog import kcorrect_sample_path
 
     out = [(kcorrect_sample_path(), "sdss_kcorrect")]
-    nsa = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsa_lcs" / "nsa_v0_1_2_lcs_subset.fits"
-    return out + ([(nsa, "nsa")] if nsa.exists() else [])
+    return out + ([(NSA_BESIDE_REPO, "nsa")] if NSA_BESIDE_REPO.exists() else [])
 
 
 def _chi2_p95(dof: int) -> float:
@@ -636,8 +637,7 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     if catalog is None:           # the NSA rows beside the repository, for a model of NSA's filters
         from sedflow.catalog import CatalogSpec
 
-        nsa = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsa_lcs" / "nsa_v0_1_2_lcs_subset.fits"
-        catalog = nsa if nsa.exists() and CatalogSpec.load(catalog_spec).filters == post.filters else None
+        catalog = NSA_BESIDE_REPO if NSA_BESIDE_REPO.exists() and CatalogSpec.load(catalog_spec).filters == post.filters else None
     if catalog is not None:
         real, chi2 = _real_data(post, sed, catalog, catalog_spec, min(n_samples, 1000), seed)
         metrics["real_data"] = real
