@@ -575,9 +575,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:      # OSError: a path that is missing, a file, not writable
         print(f"sedflow {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:      # finished partitions and shards are kept: the same command resumes
+        print(f"sedflow {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

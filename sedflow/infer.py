@@ -413,14 +413,17 @@ def _infer_partition(frame: pd.DataFrame, cfg: dict, layout: dict | None = None,
     return pd.DataFrame([counts])
 
 
-def _ingested_input(catalog_dir) -> dict | None:
+def _ingested_input(catalog_dir) -> dict:
     """What an ingested catalog was made from (its ``_ingest.json``), so that a rerun into the same
     output over a re-ingested, different catalog is refused rather than mixed with it."""
     from sedflow.ingest import MANIFEST as INGEST_MANIFEST
 
+    if not Path(catalog_dir).is_dir():
+        raise FileNotFoundError(f"no catalog folder {catalog_dir}")
     path = Path(catalog_dir) / INGEST_MANIFEST
     if not path.is_file():
-        return None
+        raise ValueError(f"{catalog_dir} is not an ingested catalog (no {INGEST_MANIFEST}): run `sedflow ingest` "
+                         f"on the catalog file first")
     m = json.loads(path.read_text())
     keys = ("spec", "bands", "filters", "input", "max_rows", "rows_in", "layout", "partition_rows", "healpix_order")
     return {k: m.get(k) for k in keys + (("has_redshift",) if "has_redshift" in m else ())}
@@ -450,14 +453,20 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
     from sedflow.ingest import read_ingested
 
     check_sampling_options(n_samples, keep_samples, seed, property_samples, fallback)
-    post = load_model(model_path, precision)       # validate the artifact and the catalog before starting any cluster
+    if address is None and not (isinstance(workers, (int, np.integer)) and workers >= 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    # check the model, the catalog and the output folder before writing anything or starting a cluster
+    post = load_model(model_path, precision)
     catalog_input = _ingested_input(catalog_dir)
-    if catalog_input and catalog_input.get("bands"):
+    if catalog_input.get("bands"):
         check_filters(post, catalog_input["bands"], catalog_input.get("filters"), f"the catalog {catalog_dir}")
-    if catalog_input:
-        require_redshifts(post, catalog_input.get("has_redshift") is not False,
-                          f"the catalog {catalog_dir} (its description says redshift: null)")
+    require_redshifts(post, catalog_input.get("has_redshift") is not False,
+                      f"the catalog {catalog_dir} (its description says redshift: null)")
     out = Path(out_dir).resolve()
+    if out == Path(catalog_dir).resolve():
+        raise ValueError(f"the output folder {out_dir} is the catalog folder: give another --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {out_dir} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"model": str(model_path_of(model_path).resolve()) if model_path else None,
            "model_sha256": post.config["weights_sha256"], "catalog": str(Path(catalog_dir).resolve()),

@@ -179,6 +179,8 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
         if not isinstance(healpix_order, (int, np.integer)) or not 0 <= healpix_order <= _MAX_HEALPIX_ORDER:
             raise ValueError(f"healpix_order must be an integer in 0..{_MAX_HEALPIX_ORDER}, got {healpix_order!r}")
         healpix_order = int(healpix_order)
+        if client is None and not (isinstance(workers, (int, np.integer)) and workers >= 1):
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     else:
         partition_rows = DEFAULT_PARTITION_ROWS if partition_rows is None else partition_rows
         if not isinstance(partition_rows, (int, np.integer)) or partition_rows < 1:
@@ -195,6 +197,9 @@ def ingest_catalog(input_path, spec, out_dir, partition_rows: int | None = None,
     ids, id_type = normalise_ids(frame["id"])
     refuse_duplicate_ids(ids)
     if healpix_order is not None:
+        if rows_in == 0:
+            raise ValueError(f"{input_path} has no rows (after max_rows): a HATS catalog needs at least one "
+                             f"pixel; use the row layout (partition_rows) for an empty catalog")
         ra, dec = frame["ra"].to_numpy(), frame["dec"].to_numpy()
         bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
         if bad.any():

@@ -74,10 +74,10 @@ def claim_output(path, manifest: dict, what: str, ignore=()) -> None:
     manifest = json.loads(json.dumps(manifest))                      # compare as it reads back
     if path.exists():
         old = json.loads(path.read_text())
-        if {k: old.get(k) for k in manifest if k not in ignore} != {k: v for k, v in manifest.items()
-                                                                    if k not in ignore}:
-            raise ValueError(f"{path.parent} holds {what} with other settings ({path}); use a new output "
-                             "directory or the same settings")
+        differ = [k for k, v in manifest.items() if k not in ignore and old.get(k) != v]
+        if differ:
+            raise ValueError(f"{path.parent} holds {what} with other settings ({', '.join(differ)}; {path}); "
+                             f"use a new output directory or the same settings")
     else:
         write_json(path, manifest)
 

@@ -94,12 +94,36 @@ def test_rerun_after_interruption_is_identical(reference_run, bad_catalog, tmp_p
     a, b = read_out(ref_out), read_out(out)
     summary_cols = [c for c in a.columns if c != "samples"]
     pd.testing.assert_frame_equal(a[summary_cols], b[summary_cols])
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(n_samples, keep_samples, property_samples;"):
         run_inference(bad_catalog, out, n_samples=301, seed=5, progress=False)
     other = "float32" if s["precision"] == "bfloat16" else "bfloat16"     # not mixed with other arithmetic
     with pytest.raises(ValueError, match="other settings"):
         run_inference(bad_catalog, out, n_samples=300, keep_samples=20, property_samples=100, seed=5,
                       precision=other, progress=False)
+
+
+def test_mistakes_are_refused_before_anything_is_written(bad_catalog, tmp_path):
+    """A mistyped catalog, an output that is the catalog or a file, or no workers: a clear error, and
+    the output folder is left unclaimed, so the corrected command runs."""
+    import shutil
+
+    from sedflow.cli import main
+
+    out = tmp_path / "out"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(next(bad_catalog.glob("part-*.parquet")), raw / "part-00000.parquet")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for catalog, target, kw, match in ((tmp_path / "no_such", out, {}, "no catalog folder"),
+                                       (raw, out, {}, "not an ingested catalog"),
+                                       (bad_catalog, bad_catalog, {}, "is the catalog folder"),
+                                       (bad_catalog, a_file, {}, "not a folder"),
+                                       (bad_catalog, out, {"workers": 0}, "workers")):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            run_inference(catalog, target, n_samples=10, progress=False, **kw)
+    assert not out.exists() and sorted(p.name for p in bad_catalog.iterdir() if p.name.startswith("_")) == ["_ingest.json"]
+    assert main(["infer", str(bad_catalog), "--out", str(a_file), "--samples", "10", "--quiet"]) == 2
 
 
 def test_sigma_ood_is_two_sided():

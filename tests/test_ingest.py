@@ -263,6 +263,11 @@ def test_empty_catalog_gives_an_empty_valid_output(tmp_path):
     assert summary["galaxies"] == 0
     t = pq.read_table(tmp_path / "out" / "part-00000.parquet")
     assert t.num_rows == 0 and t.schema.names == output_schema().names
+    with pytest.raises(ValueError, match="no rows.*row layout"):       # HATS has no empty pixel to write
+        ingest_catalog(tmp_path / "empty.fits", spec, tmp_path / "hats", healpix_order=1)
+    with pytest.raises(ValueError, match="workers"):
+        ingest_catalog(path, spec, tmp_path / "hats", healpix_order=1, workers=0)
+    assert not (tmp_path / "hats").exists()
 
 
 def test_garbage_file_on_the_command_line_prints_no_traceback(tmp_path):
