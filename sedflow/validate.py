@@ -637,7 +637,8 @@ def validate(out_dir, model_path=None, n_test: int = 1000, n_samples: int = 1000
     if catalog is None:           # the NSA rows beside the repository, for a model of NSA's filters
         from sedflow.catalog import CatalogSpec
 
-        catalog = NSA_BESIDE_REPO if NSA_BESIDE_REPO.exists() and CatalogSpec.load(catalog_spec).filters == post.filters else None
+        nsa_filters = CatalogSpec.load(catalog_spec).filters == post.filters
+        catalog = NSA_BESIDE_REPO if NSA_BESIDE_REPO.exists() and nsa_filters else None
     if catalog is not None:
         real, chi2 = _real_data(post, sed, catalog, catalog_spec, min(n_samples, 1000), seed)
         metrics["real_data"] = real
