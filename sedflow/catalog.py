@@ -242,13 +242,16 @@ def _table_columns(available, get, columns: list[str], where) -> dict:
 
 def _unmasked(values) -> np.ndarray:
     """A column as a plain numpy array; masked entries (`numpy.ma`, astropy ``MaskedColumn``: a FITS
-    TNULL, a blank) become NaN, i.e. no measurement (an integer column turns float for it)."""
+    TNULL, a blank) become NaN, i.e. no measurement (an integer column turns float for it), or None
+    in a text column (an id: `normalise_ids` refuses it rather than take the fill value)."""
     if not np.ma.is_masked(values):
         return np.asarray(values)
     data = np.ma.asarray(values)
-    if data.dtype.kind in "iub":
-        data = data.astype(float)
-    return np.ma.filled(data, np.nan if data.dtype.kind in "fc" else data.fill_value)
+    if data.dtype.kind in "iubfc":
+        return np.ma.filled(data.astype(float), np.nan)
+    out = data.data.astype(object)
+    out[np.ma.getmaskarray(data)] = None
+    return out
 
 
 def _array_rows(values: np.ndarray, column, where) -> np.ndarray:
@@ -442,8 +445,9 @@ def normalise_ids(ids: pd.Series) -> tuple[np.ndarray, pa.DataType]:
         return values.astype(np.int64), pa.int64()
     if pd.api.types.is_string_dtype(ids.dtype) or values.dtype.kind in "OSU":
         as_str = ids.astype(str)
-        if ids.isna().any():
-            bad = np.flatnonzero(ids.isna().to_numpy())
+        missing = ids.isna().to_numpy() | (as_str.str.strip() == "").to_numpy()    # FITS writes a null text as blanks
+        if missing.any():
+            bad = np.flatnonzero(missing)
             raise ValueError(f"{bad.size} ids are missing (e.g. rows {bad[:5].tolist()})")
         return as_str.to_numpy(dtype=object), pa.string()
     raise ValueError(f"ids must be integers or strings, got dtype {ids.dtype}")

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from astropy.table import Table
 
 from conftest import shared_path
 from sedflow.catalog import CatalogSpec, read_catalog
@@ -152,6 +153,22 @@ def test_string_ids_and_csv(tmp_path):
     assert table["id"].to_pylist() == cols["name"]
     with pytest.raises(ValueError, match="needs ra/dec"):
         ingest_catalog(path, spec, tmp_path / "hats", healpix_order=1)
+    # empty cells: a missing flux is a missing band of that row; a missing id is refused (no row
+    # may be lost or renamed)
+    frame = pd.DataFrame(cols)
+    frame.loc[3, "f_g"] = np.nan
+    frame.to_csv(path, index=False)
+    ingest_catalog(path, spec, tmp_path / "gaps")
+    out = read_ingested(tmp_path / "gaps").compute()
+    assert len(out) == n and np.isnan(out["flux_g"].iloc[3]) and np.isfinite(out["flux_g"].drop(index=3)).all()
+    frame.loc[5, "name"] = None
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"1 ids are missing \(e.g. rows \[5\]\)"):
+        ingest_catalog(path, spec, tmp_path / "noid")
+    t = Table.from_pandas(frame)                 # FITS: the null id is blank, not an id
+    t.write(tmp_path / "cat.fits")
+    with pytest.raises(ValueError, match=r"1 ids are missing \(e.g. rows \[5\]\)"):
+        ingest_catalog(tmp_path / "cat.fits", spec, tmp_path / "noid")
 
 
 def test_hats_layout_opens_with_lsdb_and_dask(tmp_path):
