@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["CatalogSpec", "read_catalog", "read_columns", "frame_columns", "standard_form", "shipped_specs",
+__all__ = ["CatalogSpec", "read_catalog", "read_columns", "frame_columns", "unmasked", "standard_form", "shipped_specs",
            "catalog_spec_dir", "kcorrect_sample_path", "normalise_ids", "refuse_duplicate_ids", "to_nanomaggies",
            "extinction_coefficients",
            "FLUX_UNITS", "MAG_ERR_PER_FRAC"]
@@ -240,7 +240,7 @@ def _table_columns(available, get, columns: list[str], where) -> dict:
     return {c: get(c) for c in dict.fromkeys(columns)}
 
 
-def _unmasked(values) -> np.ndarray:
+def unmasked(values) -> np.ndarray:
     """A column as a plain numpy array; masked entries (`numpy.ma`, astropy ``MaskedColumn``: a FITS
     TNULL, a blank) become NaN, i.e. no measurement (an integer column turns float for it), or None
     in a text column (an id: `normalise_ids` refuses it rather than take the fill value)."""
@@ -321,7 +321,7 @@ def read_columns(path, spec: "CatalogSpec", max_rows: int | None = None) -> dict
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: cannot be read as a {fmt} catalog ({reason})") from None
     if frame is None:
-        cols = _table_columns(t.colnames, lambda c: _unmasked(t[c]), columns, path)
+        cols = _table_columns(t.colnames, lambda c: unmasked(t[c]), columns, path)
     else:
         cols = frame_columns(frame, columns, path)
     if max_rows is not None:

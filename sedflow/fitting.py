@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sedflow.catalog import CatalogSpec, frame_columns, normalise_ids, refuse_duplicate_ids, standard_form
+from sedflow.catalog import CatalogSpec, frame_columns, normalise_ids, refuse_duplicate_ids, standard_form, unmasked
 
 __all__ = ["fit", "FitResult"]
 
@@ -71,7 +71,7 @@ class FitResult:
 def _rows(values, name: str, n_bands: int | None, n: int | None) -> np.ndarray:
     """(n, n_bands) float array from one row (n_bands,) or many; ValueError on any other shape.
     Masked entries (`numpy.ma`, astropy ``MaskedColumn``) become NaN: no measurement."""
-    a = np.ma.filled(np.ma.asarray(values).astype(float), np.nan)
+    a = np.asarray(unmasked(values), dtype=float)
     if n_bands is None:                                   # a per-row scalar such as z
         if a.ndim == 0:
             a = np.full(n, float(a))

@@ -20,8 +20,6 @@ BAD = {0: "nan flux", 1: "inf flux", 2: "negative flux", 3: "ivar 0", 4: "missin
 
 def write_catalog(tmp_path, ids=None, n=N, seed=0):
     """A FITS catalog (array columns, not dereddened) with one row of each kind of bad value + its description."""
-    from astropy.table import Table
-
     rng = np.random.default_rng(seed)
     flux = 10 ** rng.uniform(0.5, 3, (n, 5))
     ivar = 1 / (0.05 * flux) ** 2
@@ -245,8 +243,6 @@ def test_cli_handler(tmp_path, capsys):
 
 def test_unreadable_and_mismatched_catalogs_give_one_line_and_exit_2(tmp_path, capsys):
     """The command line's answer to a file that is no catalog, or not the described one."""
-    from astropy.table import Table
-
     from sedflow.cli import main
 
     path, spec, _ = write_catalog(tmp_path, n=10)
@@ -267,8 +263,6 @@ def test_unreadable_and_mismatched_catalogs_give_one_line_and_exit_2(tmp_path, c
 
 def test_empty_catalog_gives_an_empty_valid_output(tmp_path):
     """0 rows in: an ingested catalog and a posterior catalog of 0 rows with the full schemas."""
-    from astropy.table import Table
-
     from sedflow.infer import output_schema, run_inference
 
     path, spec, _ = write_catalog(tmp_path, n=10)
