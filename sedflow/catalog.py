@@ -257,6 +257,10 @@ def unmasked(values) -> np.ndarray:
 def _array_rows(values: np.ndarray, column, where) -> np.ndarray:
     """An object column of per-row arrays (list-valued, e.g. NSA's NMGY from Parquet) as a 2-D float
     array; a null row (None, NaN) is a row of NaN (no measurement). Rows of another length raise."""
+    try:
+        return np.stack(values)                     # the common case, in one pass
+    except ValueError:                              # null rows, or rows of different lengths
+        pass
     lengths = {np.size(v) for v in values if v is not None and np.ndim(v) == 1}
     if len(lengths) != 1:
         raise ValueError(f"{where}: column {column!r} holds arrays of different lengths {sorted(lengths)}")
