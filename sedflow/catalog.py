@@ -293,6 +293,8 @@ def read_columns(path, spec: "CatalogSpec", max_rows: int | None = None) -> dict
     A file that cannot be read as its format raises a one-line ValueError saying so.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"catalog {path} is a folder: give one FITS, CSV or Parquet file")
     if not path.is_file():
         raise FileNotFoundError(f"catalog {path} not found")
     columns = spec.required_columns()

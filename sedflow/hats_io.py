@@ -70,16 +70,16 @@ def import_catalog(table: pa.Table, work: Path, out_name: str, healpix_order: in
     if client is not None:
         pipeline_with_client(args, client)
     else:
-        import logging
-
         import dask
         from dask.distributed import Client
+
+        from sedflow.dask_utils import local_cluster
 
         # threads, not processes: starts in ~0.1 s, and hats-import's tasks pass files, not data.
         # temporary-directory: else dask leaves dask-scratch-space/ lock files in the system temp dir
         with dask.config.set({"temporary-directory": str(work / "dask")}), \
-                Client(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None,
-                       local_directory=str(work / "dask"), silence_logs=logging.ERROR) as own:
+                local_cluster(workers, processes=False, local_directory=str(work / "dask")) as cluster, \
+                Client(cluster) as own:
             pipeline_with_client(args, own)
     return work / "stage" / out_name
 

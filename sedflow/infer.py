@@ -447,9 +447,10 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
     ``precision``: the flow's sampling arithmetic (`PosteriorModel.precision`), resolved here, on the
     machine that starts the run, and used by every worker."""
     import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
     from tqdm.auto import tqdm
 
+    from sedflow.dask_utils import local_cluster
     from sedflow.ingest import read_ingested
 
     check_sampling_options(n_samples, keep_samples, seed, property_samples, fallback)
@@ -498,8 +499,7 @@ def run_inference(catalog_dir, out_dir, model_path=None, n_samples: int = 10000,
         client = Client(address)
     else:
         with dask.config.set({"distributed.worker.daemon": False}):
-            own = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+            own = local_cluster(workers, processes=True)
         client = Client(own)
     try:
         futures = client.compute(counts.to_delayed())

@@ -245,3 +245,24 @@ def test_losing_a_dask_worker_mid_inference(dask_cluster, catalog, local_posteri
 def test_object_store_urls_are_refused_clearly(tmp_path):
     res = run([SEDFLOW, "simulate", "--n", "10", "--out", "s3://bucket/sims"], check=False)
     assert res.returncode == 2 and "s3:// storage is not supported" in res.stderr
+
+
+def test_local_dask_cluster_is_quiet_when_port_8787_is_taken(recwarn):
+    """Another cluster on the machine holding Dask's default port: our local cluster still starts,
+    works, and prints no "Port 8787 is already in use" (its scheduler takes a free port)."""
+    import socket
+
+    from distributed import Client
+
+    from sedflow.dask_utils import local_cluster
+
+    with socket.socket() as other:
+        try:
+            other.bind(("", 8787))
+            other.listen()
+        except OSError:
+            pass            # already held by something else: the situation under test
+        with local_cluster(1, processes=False) as cluster, Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+            assert cluster.scheduler.http_server.port != 8787
+    assert not [w for w in recwarn if "already in use" in str(w.message)]

@@ -105,7 +105,7 @@ def test_one_galaxy_and_programming_errors(sdss_rows):
 
 
 @pytest.mark.parametrize("module", ["sedflow", "sedflow.fitting", "sedflow.posterior", "sedflow.flows",
-                                    "sedflow.population"])
+                                    "sedflow.population", "sedflow.dask_utils"])
 def test_docstring_examples_run(module):
     import importlib
 

@@ -252,7 +252,8 @@ def test_unreadable_and_mismatched_catalogs_give_one_line_and_exit_2(tmp_path, c
     Table.read(path)[["OBJID", "ZSPEC"]].write(tmp_path / "few_columns.fits")
     cases = {"garbage.fits": "cannot be read as a FITS catalog", "garbage.parquet": "cannot be read as a Parquet",
              "other.csv": "lacks columns", "few_columns.fits": "lacks columns",
-             "missing.fits": "not found"}
+             "missing.fits": "not found", "a_folder": "is a folder"}
+    (tmp_path / "a_folder").mkdir()
     for name, message in cases.items():
         assert main(["ingest", str(tmp_path / name), "--spec", str(spec), "--out", str(tmp_path / f"o_{name}")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
