@@ -13,6 +13,8 @@ tensors; how the samples were made does not matter (as in ``sbi.diagnostics``).
 - How often a calibrated posterior passes those tests on the same simulations: :func:`null_ranks`
   (each posterior's own draws as truths), :func:`max_pp_deviation_of_ranks`.
 - Empirical coverage of central credible intervals: :func:`coverage`.
+- Mean posterior variance over the truths' variance, <= 1 for a calibrated posterior by the law of
+  total variance: :func:`variance_ratio`.
 - TARP expected coverage (Lemos et al. 2023, arXiv:2302.03026), a joint test, through
   sbi's own implementation: :func:`tarp`, :func:`plot_tarp`.
 - :func:`calibration_report` gathers the numbers in a JSON-serialisable dict.
@@ -48,6 +50,7 @@ __all__ = [
     "max_pp_deviation_of_ranks",
     "null_ranks",
     "coverage",
+    "variance_ratio",
     "TarpResult",
     "tarp",
     "calibration_report",
@@ -314,6 +317,30 @@ def coverage(samples: Any, truths: Any, levels: Sequence[float] = (0.68, 0.95)) 
     return np.array(out)
 
 
+def variance_ratio(samples: Any, truths: Any, n_boot: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean posterior variance over the variance of the truths, per parameter, and its bootstrap SE.
+
+    By the law of total variance, E_x[Var(theta | x)] = Var(theta) - Var(E[theta | x]) <= Var(theta):
+    averaged over the simulations, a calibrated posterior is never wider than the distribution the
+    truths were drawn from, so the ratio is <= 1 (1 where the data say nothing, 1 - R^2 of the
+    posterior mean in general). A ratio above 1 by several SE is a posterior too wide on average,
+    which rank tests see only in the tails. SE: ``n_boot`` resamplings of the simulations.
+
+    Returns
+    -------
+    (ratio, se) : two (n_params,) arrays
+    """
+    s, t = _check(samples, truths)
+    v = s.var(axis=1)                                        # (n_sims, n_params) posterior variances
+
+    def ratio(rows):
+        return v[rows].mean(axis=0) / t[rows].var(axis=0)
+
+    rng = np.random.default_rng(seed)
+    boot = np.array([ratio(rng.integers(0, len(t), len(t))) for _ in range(n_boot)])
+    return ratio(slice(None)), boot.std(axis=0)
+
+
 # --------------------------------------------------------------------------- TARP
 @dataclass(frozen=True)
 class TarpResult:
@@ -400,8 +427,8 @@ def calibration_report(
         ``n_sims``, ``n_samples``, ``pp_deviation_95`` (1.36 / sqrt(n_sims), the
         calibrated 95th percentile of ``max_pp_deviation``), ``tarp_atc``,
         ``tarp_ks_pvalue`` and ``parameters``: ``{name: {sbc_ks_stat, sbc_ks_pvalue,
-        sbc_chi2_pvalue, max_pp_deviation, coverage_68, coverage_95}}`` (coverage keys
-        follow ``levels``).
+        sbc_chi2_pvalue, max_pp_deviation, coverage_68, coverage_95, variance_ratio,
+        variance_ratio_se}}`` (coverage keys follow ``levels``; `variance_ratio`: <= 1 calibrated).
     """
     s, t = _check(samples, truths)
     n_sims, n_samples, n_params = s.shape
@@ -409,6 +436,7 @@ def calibration_report(
     sbc = sbc_metrics(sbc_ranks(s, t), n_samples, seed=seed)
     dev = max_pp_deviation(s, t)
     cov = coverage(s, t, levels)
+    var_ratio, var_ratio_se = variance_ratio(s, t, seed=seed)
     tr = tarp(s, t, seed=seed)
     params = {}
     for j, name in enumerate(names):
@@ -418,6 +446,8 @@ def calibration_report(
             "sbc_chi2_pvalue": float(sbc["chi2_pvalue"][j]),
             "max_pp_deviation": float(dev[j]),
             **{f"coverage_{round(100 * lev)}": float(cov[i, j]) for i, lev in enumerate(levels)},
+            "variance_ratio": float(var_ratio[j]),
+            "variance_ratio_se": float(var_ratio_se[j]),
         }
     return {
         "n_sims": int(n_sims),

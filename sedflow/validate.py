@@ -679,10 +679,10 @@ def _lowest_per_set(sets: list) -> str:
 
 def _calibration_table(parameters: dict, truths: dict | None = None) -> list[str]:
     """Markdown rows of a calibration report's per-parameter numbers (with `truth_draw`'s, if given)."""
-    head, rows = "| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% |", []
+    head, rows = "| parameter | SBC KS p | max p-p dev | coverage 68% | coverage 95% | variance ratio (<= 1) |", []
     for name, p in parameters.items():
         rows.append(f"| {name} | {p['sbc_ks_pvalue']:.3f} | {p['max_pp_deviation']:.3f} | {p['coverage_68']:.3f} | "
-                    f"{p['coverage_95']:.3f} |")
+                    f"{p['coverage_95']:.3f} | {p['variance_ratio']:.3f} +- {p['variance_ratio_se']:.3f} |")
         if truths:
             t = truths["parameters"][name]
             rows[-1] += f" {t['truths_ks_pvalue']:.3f} | {t['width_over_prior']:.2f} |"

@@ -129,6 +129,21 @@ def test_sbc_metrics_agree_with_sbi_ks():
         d.sbc_metrics(np.full((5, 1), 201), 200)
 
 
+def test_variance_ratio_is_one_minus_r2_when_calibrated_and_above_one_when_too_wide(reports):
+    """Law of total variance: the toy's exact posterior has mean variance s^2 / (1 + s^2) of the truths'
+    unit variance; twice as wide is 4 s^2 / (1 + s^2), above 1 for s = 1 (the third parameter)."""
+    exact = NOISE**2 / (1 + NOISE**2)
+    r, se = _col(reports["calibrated"], "variance_ratio"), _col(reports["calibrated"], "variance_ratio_se")
+    assert (se > 0).all() and (se < 0.05).all()
+    assert (np.abs(r - exact) < 4 * se).all()
+    wide = _col(reports["underconfident"], "variance_ratio")
+    np.testing.assert_allclose(wide, 4 * exact, rtol=0.1)
+    assert wide[2] - 4 * _col(reports["underconfident"], "variance_ratio_se")[2] > 1
+    rng = np.random.default_rng(3)                       # no data: the posterior is the prior, ratio 1
+    ratio, se = d.variance_ratio(rng.normal(size=(1000, 200, 2)), rng.normal(size=(1000, 2)))
+    assert (np.abs(ratio - 1) < 4 * se).all()
+
+
 def test_report_is_json_and_names_default_to_prior():
     rng = np.random.default_rng(2)
     truths = rng.normal(size=(150, 12))
@@ -137,6 +152,7 @@ def test_report_is_json_and_names_default_to_prior():
     assert list(r["parameters"]) == list(PARAM_NAMES)
     assert set(r["parameters"]["logmstar"]) == {
         "sbc_ks_stat", "sbc_ks_pvalue", "sbc_chi2_pvalue", "max_pp_deviation", "coverage_68", "coverage_95",
+        "variance_ratio", "variance_ratio_se",
     }
     assert {"tarp_atc", "tarp_ks_pvalue", "n_sims", "n_samples", "pp_deviation_95"} <= set(r)
 
