@@ -331,7 +331,8 @@ def variance_ratio(samples: Any, truths: Any, n_boot: int = 200, seed: int = 0) 
     (ratio, se) : two (n_params,) arrays
     """
     s, t = _check(samples, truths)
-    v = s.var(axis=1)                                        # (n_sims, n_params) posterior variances
+    # (n_sims, n_params) posterior variances, in chunks of ~16M draws: no temporary as large as all of them
+    v = np.concatenate([c.var(axis=1) for c in np.array_split(s, max(1, s.size // 2**24))])
 
     def ratio(rows):
         return v[rows].mean(axis=0) / t[rows].var(axis=0)
